@@ -1,0 +1,443 @@
+"""Applying a layer onto a root directory, confined to that root, verified against its diff_id.
+
+Every path is resolved from a file descriptor of the root, one component at a time: symlinks met on the way are
+followed *inside* the root (absolute targets restart at the root, ``..`` stops at it, as a chroot would), and
+the final component is never followed. Existing objects are unlinked before anything is written in their place,
+so a write cannot pass through an old symlink or hardlink. Names that climb out with ``..``, bad whiteout names,
+a non-directory named as the root, and hardlinks whose target does not exist inside the root are refused with
+``UnsafeEntry``. Absolute names are taken as relative to the root, as Docker does.
+
+Whiteouts apply to what lower layers left (not to what this layer created), ``.wh..wh..opq`` hides a directory's
+lower contents wherever it appears in the layer, and AUFS' other ``.wh..wh.*`` metadata is skipped.
+
+The stream is decompressed by sniffing, hashed while it is read (trailing padding included), and checked against
+``expected_diff_id`` at the end. On any error the tree is left as it is: the caller applies into a fresh
+directory and removes it (``remove_tree``) when this raises.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from oci.compression import decompress_stream
+from oci.digest import Digest, Hasher
+from oci.errors import DigestMismatch, LayerError, LimitExceeded, UnsafeEntry
+from oci.layer import OPAQUE, WHITEOUT_PREFIX
+from oci.tarformat import EntryType, TarEntry, TarReader, encode_name
+
+__all__ = ["ApplyLimits", "ApplyResult", "apply_layer", "remove_tree"]
+
+_CHUNK = 1 << 20
+_MAX_SYMLINKS = 40
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyLimits:
+    """Bounds on what one layer may do. ``None`` means unbounded."""
+
+    max_bytes: int | None = None  # uncompressed tar bytes
+    max_entries: int | None = None
+    max_path_bytes: int = 4096
+    max_depth: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    diff_id: Digest
+    size: int
+    entries: int
+
+
+class _HashingReader:
+    def __init__(self, source: BinaryIO, limits: ApplyLimits) -> None:
+        self._source = source
+        self._limit = limits.max_bytes
+        self.hasher = Hasher()
+
+    def readinto(self, view: memoryview) -> int:
+        n = self._source.readinto(view) or 0  # type: ignore[attr-defined]
+        if n:
+            self.hasher.update(view[:n])
+            if self._limit is not None and self.hasher.size > self._limit:
+                raise LimitExceeded(f"layer expands to more than the {self._limit}-byte limit")
+        return n
+
+    def drain(self) -> None:
+        buf = memoryview(bytearray(_CHUNK))
+        while self.readinto(buf):
+            pass
+
+
+def apply_layer(
+    stream: BinaryIO,
+    root: str | Path,
+    *,
+    expected_diff_id: Digest | None = None,
+    limits: ApplyLimits = ApplyLimits(),
+    same_owner: bool | None = None,
+) -> ApplyResult:
+    """Apply the (possibly compressed) layer in ``stream`` onto the directory ``root``.
+
+    ``same_owner`` sets file owners from the archive; by default only when running as root.
+    """
+    if same_owner is None:
+        same_owner = os.geteuid() == 0
+    _, plain = decompress_stream(stream)
+    hashing = _HashingReader(plain, limits)
+    applier = _Applier(os.fsencode(root), limits, same_owner)
+    try:
+        reader = TarReader(hashing)  # type: ignore[arg-type]
+        for entry, data in reader:
+            if limits.max_entries is not None and reader.entries > limits.max_entries:
+                raise LimitExceeded(f"layer has more than the {limits.max_entries}-entry limit")
+            applier.apply(entry, data)
+        applier.finish()
+        hashing.drain()
+    finally:
+        applier.close()
+    diff_id = hashing.hasher.digest()
+    if expected_diff_id is not None and diff_id != expected_diff_id:
+        raise DigestMismatch(f"layer content has diff_id {diff_id}, expected {expected_diff_id}")
+    return ApplyResult(diff_id, hashing.hasher.size, reader.entries)
+
+
+def _clean(name: str, limits: ApplyLimits) -> tuple[str, ...]:
+    """Split an archive name into components inside the root; refuse a climb above it."""
+    if len(encode_name(name)) > limits.max_path_bytes:
+        raise LimitExceeded(f"{name[:80]!r}...: path longer than {limits.max_path_bytes} bytes")
+    parts: list[str] = []
+    for part in name.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise UnsafeEntry(f"{name!r}: path leads outside the root")
+            parts.pop()
+        else:
+            parts.append(part)
+    if len(parts) > limits.max_depth:
+        raise LimitExceeded(f"{name[:80]!r}...: deeper than {limits.max_depth} directories")
+    return tuple(parts)
+
+
+class _Applier:
+    def __init__(self, root: bytes, limits: ApplyLimits, same_owner: bool) -> None:
+        self._root_fd = os.open(root, _DIR_FLAGS)
+        self._limits = limits
+        self._same_owner = same_owner
+        self._created: set[tuple[str, ...]] = set()
+        self._dir_times: list[tuple[tuple[str, ...], int]] = []
+        self._cached: tuple[tuple[str, ...], int] | None = None
+
+    def close(self) -> None:
+        self._forget_cached()
+        os.close(self._root_fd)
+
+    # --- resolving, confined to the root
+
+    def _forget_cached(self) -> None:
+        if self._cached is not None:
+            os.close(self._cached[1])
+            self._cached = None
+
+    def _parent(self, parts: tuple[str, ...], create: bool) -> int | None:
+        """An O_PATH descriptor of directory ``parts`` (owned by the cache; do not close), or None if absent."""
+        if self._cached is not None and self._cached[0] == parts:
+            return self._cached[1]
+        fd = self._resolve_dir(parts, create)
+        if fd is None:
+            return None
+        self._forget_cached()
+        self._cached = (parts, fd)
+        return fd
+
+    def _resolve_dir(self, parts: tuple[str, ...], create: bool) -> int | None:
+        stack = [os.dup(self._root_fd)]
+        todo = list(reversed(parts))
+        links = 0
+        try:
+            while todo:
+                name = todo.pop()
+                if name in ("", "."):
+                    continue
+                if name == "..":
+                    if len(stack) > 1:
+                        os.close(stack.pop())
+                    continue
+                here = stack[-1]
+                try:
+                    st = os.stat(name, dir_fd=here, follow_symlinks=False)
+                except FileNotFoundError:
+                    if not create:
+                        return None
+                    os.mkdir(name, 0o755, dir_fd=here)
+                    st = os.stat(name, dir_fd=here, follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode):
+                    links += 1
+                    if links > _MAX_SYMLINKS:
+                        raise UnsafeEntry(f"{'/'.join(parts)}: too many levels of symbolic links")
+                    target = os.fsdecode(os.readlink(name, dir_fd=here))
+                    if target.startswith("/"):
+                        while len(stack) > 1:
+                            os.close(stack.pop())
+                    todo.extend(reversed(target.split("/")))
+                    continue
+                if not stat.S_ISDIR(st.st_mode):
+                    if not create:
+                        return None
+                    raise LayerError(f"{'/'.join(parts)}: {name} is not a directory")
+                stack.append(os.open(name, _DIR_FLAGS, dir_fd=here))
+            result = stack.pop()
+            return result
+        finally:
+            for fd in stack:
+                os.close(fd)
+
+    # --- applying entries
+
+    def apply(self, entry: TarEntry, data: BinaryIO) -> None:
+        parts = _clean(entry.path, self._limits)
+        if not parts:
+            if entry.type is EntryType.DIR:
+                return  # "./" itself: Docker skips it too
+            raise UnsafeEntry(f"{entry.path!r}: a {entry.type.name.lower()} cannot replace the root")
+        name = parts[-1]
+        if name.startswith(WHITEOUT_PREFIX):
+            self._whiteout(entry, parts)
+            return
+        parent = self._parent(parts[:-1], create=True)
+        assert parent is not None
+        kind = entry.type
+        if kind is EntryType.DIR:
+            self._make_dir(parent, name, entry, parts)
+        elif kind is EntryType.FILE:
+            self._remove(parent, name)
+            self._make_file(parent, name, entry, data)
+        elif kind is EntryType.SYMLINK:
+            self._remove(parent, name)
+            os.symlink(encode_name(entry.linkname), name, dir_fd=parent)
+            self._finish_link(parent, name, entry)
+        elif kind is EntryType.HARDLINK:
+            self._make_hardlink(parent, name, entry, parts)
+        else:
+            self._remove(parent, name)
+            self._make_node(parent, name, entry)
+        self._created.add(parts)
+
+    def _whiteout(self, entry: TarEntry, parts: tuple[str, ...]) -> None:
+        name = parts[-1]
+        if entry.type is not EntryType.FILE and entry.type is not EntryType.HARDLINK:
+            raise UnsafeEntry(f"{entry.path!r}: a whiteout must be a plain file")
+        if name == OPAQUE:
+            self._opaque(parts[:-1])
+            return
+        if name.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
+            return  # AUFS metadata (.wh..wh.plnk and the like): not part of the image
+        target = name[len(WHITEOUT_PREFIX) :]
+        if target in ("", ".", ".."):
+            raise UnsafeEntry(f"{entry.path!r}: invalid whiteout name")
+        victim = parts[:-1] + (target,)
+        if victim in self._created:
+            return  # a whiteout only hides what lower layers left
+        parent = self._parent(parts[:-1], create=False)
+        if parent is not None:
+            self._remove(parent, target)
+
+    def _opaque(self, directory: tuple[str, ...]) -> None:
+        """Hide what lower layers put under ``directory``. What this layer wrote there stays, even when the
+        marker comes after it in the archive (the spec asks for it first, but does not require it)."""
+        todo = [directory]
+        while todo:
+            current = todo.pop()
+            fd = self._resolve_dir(current, create=False)
+            if fd is None:
+                continue
+            try:
+                for child in _list_dir(fd):
+                    path = current + (child,)
+                    if path not in self._created:
+                        self._remove(fd, child)
+                    elif _is_dir(fd, child):
+                        todo.append(path)
+            finally:
+                os.close(fd)
+
+    def _remove(self, parent: int, name: str, keep_dir: bool = False) -> os.stat_result | None:
+        """Remove ``name`` if it exists (a directory only if not ``keep_dir``); return its stat if kept."""
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISDIR(st.st_mode):
+            if keep_dir:
+                return st
+            self._forget_cached_if_not(parent)
+            remove_tree(parent, name)
+        else:
+            if stat.S_ISLNK(st.st_mode):
+                self._forget_cached_if_not(parent)
+            os.unlink(name, dir_fd=parent)
+        return None
+
+    def _forget_cached_if_not(self, parent: int) -> None:
+        # Removing a directory or a symlink may invalidate a cached resolution below it. The cached
+        # descriptor is usually ``parent`` itself, which stays valid; anything else is dropped.
+        if self._cached is not None and self._cached[1] != parent:
+            self._forget_cached()
+
+    def _chown(self, target: int | str, entry: TarEntry, parent: int | None = None) -> None:
+        if not self._same_owner:
+            return
+        if parent is None:
+            os.fchown(target, entry.uid, entry.gid)  # type: ignore[arg-type]
+        else:
+            os.chown(target, entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
+
+    def _set_xattrs(self, fd: int, entry: TarEntry) -> None:
+        for key, value in entry.xattrs.items():
+            try:
+                os.setxattr(fd, key, value)
+            except OSError as err:
+                raise LayerError(f"{entry.path}: cannot set xattr {key}: {err.strerror}") from None
+
+    def _make_file(self, parent: int, name: str, entry: TarEntry, data: BinaryIO) -> None:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        try:
+            buf = memoryview(bytearray(min(entry.size, _CHUNK) or 1))
+            while n := data.readinto(buf):  # type: ignore[attr-defined]
+                view = buf[:n]
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+            self._chown(fd, entry)
+            os.fchmod(fd, entry.mode)
+            self._set_xattrs(fd, entry)
+            ns = entry.mtime * 1_000_000_000
+            os.utime(fd, ns=(ns, ns))
+        finally:
+            os.close(fd)
+
+    def _make_dir(self, parent: int, name: str, entry: TarEntry, parts: tuple[str, ...]) -> None:
+        if self._remove(parent, name, keep_dir=True) is None:
+            os.mkdir(name, 0o700, dir_fd=parent)
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            self._chown(fd, entry)
+            os.fchmod(fd, entry.mode)
+            self._set_xattrs(fd, entry)
+        finally:
+            os.close(fd)
+        self._dir_times.append((parts, entry.mtime))
+
+    def _finish_link(self, parent: int, name: str, entry: TarEntry) -> None:
+        self._chown(name, entry, parent)
+        ns = entry.mtime * 1_000_000_000
+        os.utime(name, ns=(ns, ns), dir_fd=parent, follow_symlinks=False)
+        for key, value in entry.xattrs.items():
+            try:
+                os.setxattr(f"/proc/self/fd/{parent}/{name}", key, value, follow_symlinks=False)
+            except OSError as err:
+                if err.errno not in (errno.EPERM, errno.ENOTSUP):
+                    raise LayerError(f"{entry.path}: cannot set xattr {key}: {err.strerror}") from None
+
+    def _make_hardlink(self, parent: int, name: str, entry: TarEntry, parts: tuple[str, ...]) -> None:
+        target = _clean(entry.linkname, self._limits)
+        if not target:
+            raise UnsafeEntry(f"{entry.path!r}: hardlink to the root")
+        # Resolve the target without disturbing the cached parent of the new link.
+        target_parent = self._resolve_dir(target[:-1], create=False)
+        if target_parent is None:
+            raise UnsafeEntry(f"{entry.path!r}: hardlink target {entry.linkname!r} does not exist in the root")
+        try:
+            try:
+                st = os.stat(target[-1], dir_fd=target_parent, follow_symlinks=False)
+            except FileNotFoundError:
+                raise UnsafeEntry(
+                    f"{entry.path!r}: hardlink target {entry.linkname!r} does not exist in the root"
+                ) from None
+            if stat.S_ISDIR(st.st_mode):
+                raise UnsafeEntry(f"{entry.path!r}: hardlink to a directory")
+            try:
+                existing = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                existing = None
+            if existing is not None and (existing.st_dev, existing.st_ino) == (st.st_dev, st.st_ino):
+                return
+            self._remove(parent, name)
+            os.link(target[-1], name, src_dir_fd=target_parent, dst_dir_fd=parent, follow_symlinks=False)
+        finally:
+            os.close(target_parent)
+
+    def _make_node(self, parent: int, name: str, entry: TarEntry) -> None:
+        if entry.type is EntryType.FIFO:
+            os.mkfifo(name, 0o600, dir_fd=parent)
+        else:
+            kind = stat.S_IFCHR if entry.type is EntryType.CHAR else stat.S_IFBLK
+            try:
+                os.mknod(name, kind | 0o600, os.makedev(entry.devmajor, entry.devminor), dir_fd=parent)
+            except PermissionError:
+                raise LayerError(f"{entry.path}: creating a device node needs root") from None
+        self._chown(name, entry, parent)
+        os.chmod(name, entry.mode, dir_fd=parent)
+        ns = entry.mtime * 1_000_000_000
+        os.utime(name, ns=(ns, ns), dir_fd=parent, follow_symlinks=False)
+
+    def finish(self) -> None:
+        """Set directory times last: creating their contents changed them."""
+        for parts, mtime in self._dir_times:
+            parent = self._parent(parts[:-1], create=False)
+            if parent is None:
+                continue
+            ns = mtime * 1_000_000_000
+            try:
+                st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                os.utime(parts[-1], ns=(ns, ns), dir_fd=parent, follow_symlinks=False)
+
+
+def _list_dir(dir_fd: int) -> list[str]:
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        return os.listdir(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_dir(parent: int, name: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def remove_tree(parent_fd: int, name: str) -> None:
+    """Delete ``name`` under ``parent_fd`` and everything below it, iteratively, never following a symlink."""
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+    stack: list[tuple[int, str, int, list[str]]] = [(parent_fd, name, fd, os.listdir(fd))]
+    try:
+        while stack:
+            _, _, here, children = stack[-1]
+            if not children:
+                up, child_name, _, _ = stack.pop()
+                os.close(here)
+                os.rmdir(child_name, dir_fd=up)
+                continue
+            child = children.pop()
+            try:
+                os.unlink(child, dir_fd=here)
+            except IsADirectoryError:
+                sub = os.open(child, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=here)
+                stack.append((here, child, sub, os.listdir(sub)))
+            except FileNotFoundError:
+                pass
+    finally:
+        for _, _, here, _ in stack:
+            os.close(here)

@@ -223,8 +223,11 @@ def _build_parser() -> _Parser:
         epilog="Run 'pybuild COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    parser.add_argument("--root", metavar="DIR", help="the store (default: $PYBUILD_ROOT, else $XDG_DATA_HOME/pybuild)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    _add_global_options(parser, None)
+    # The same options are accepted after the verb (pybuild images --root DIR), as buildah and podman accept
+    # them; SUPPRESS keeps a verb from resetting a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, argparse.SUPPRESS)
     verbs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def verb(name: str, help_text: str, run: Callable[[_Context], int]) -> _Parser:
@@ -234,6 +237,7 @@ def _build_parser() -> _Parser:
             description=help_text,
             epilog=_EXAMPLES.get(name),
             formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[common],
         )
         sub.set_defaults(run=run)
         return sub
@@ -276,6 +280,18 @@ def _build_parser() -> _Parser:
     p.add_argument("--format", choices=("json",), default="json", help="output format (JSON)")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="which image of a multi-platform index to show")
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--root", metavar="DIR", default=default, help="the store (default: $PYBUILD_ROOT, else $XDG_DATA_HOME/pybuild)"
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default if default is not None else False,
+        help="show tracebacks on errors",
+    )
 
 
 def _reference_filter(text: str) -> str:

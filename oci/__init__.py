@@ -3,12 +3,15 @@
 This package knows nothing of Dockerfiles or of pybuild's CLI. Modules are layered; a module imports only from
 the levels below it (tests/test_import_rules.py holds the table):
 
-    L0  errors, frozen, mediatypes, digest, canonical      pure
-    L1  descriptor, reference                              pure
-    L2  manifest, config                                   pure
-    L3  compression, tarformat, layer, apply               streams and the filesystem
-    L4  store, image
-    L5  layout
+    L0  errors, frozen, mediatypes      pure values and constants
+    L1  digest, canonical               pure
+    L2  descriptor, reference           pure
+    L3  manifest, config                pure
+    L4  compression, tarformat          streams
+    L5  layer                           writing layers (reads the filesystem)
+    L6  apply                           applying layers (writes the filesystem, confined)
+    L7  store, image                    blobs on disk; image views
+    L8  layout                          the OCI image layout
 """
 
 from oci.descriptor import Descriptor, Platform

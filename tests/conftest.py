@@ -1,0 +1,104 @@
+"""Shared fixtures: every test runs with its own HOME, XDG directories and store; tools and root are required.
+
+When ``CI=true``, a test whose tool (skopeo, umoci, ...) or privilege is missing fails instead of skipping, so a
+CI machine that forgot to install something cannot pass by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TESTDATA = REPO / "testdata"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _missing(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: a missing requirement is a failure)")
+    pytest.skip(reason)
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        _missing(f"{name} is not installed")
+    return path  # type: ignore[return-value]
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        _missing("needs root")
+
+
+@pytest.fixture(autouse=True)
+def isolate(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point HOME, the XDG directories and PYBUILD_ROOT at a fresh directory."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    for name, sub in (
+        ("XDG_DATA_HOME", ".local/share"),
+        ("XDG_CONFIG_HOME", ".config"),
+        ("XDG_CACHE_HOME", ".cache"),
+        ("XDG_RUNTIME_DIR", "run"),
+    ):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+        monkeypatch.setenv(name, str(home / sub))
+    monkeypatch.setenv("PYBUILD_ROOT", str(home / "store"))
+    monkeypatch.setenv("DOCKER_CONFIG", str(home / ".docker"))
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    return home
+
+
+@pytest.fixture
+def store_root() -> Path:
+    return Path(os.environ["PYBUILD_ROOT"])
+
+
+@pytest.fixture(scope="session")
+def busybox_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root filesystem tarball made from Debian's busybox-static."""
+    if not Path(os.environ.get("BUSYBOX", "/bin/busybox")).exists():
+        _missing("busybox-static is not installed (/bin/busybox)")
+    out = tmp_path_factory.mktemp("busybox") / "rootfs.tar"
+    subprocess.run(["sh", str(TESTDATA / "busybox-rootfs.sh"), str(out)], check=True)
+    return out
+
+
+class CLIResult:
+    def __init__(self, proc: subprocess.CompletedProcess[str]) -> None:
+        self.code = proc.returncode
+        self.out = proc.stdout
+        self.err = proc.stderr
+
+    def __repr__(self) -> str:
+        return f"CLIResult(code={self.code}, out={self.out[-500:]!r}, err={self.err[-500:]!r})"
+
+
+def run_pybuild(*args: str, input: str | bytes | None = None, env: dict[str, str] | None = None) -> CLIResult:
+    """Run the CLI as a user would, in a subprocess."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "builder", *args],
+        input=input,
+        capture_output=True,
+        text=not isinstance(input, bytes),
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
+    if isinstance(input, bytes):
+        proc = subprocess.CompletedProcess(
+            proc.args, proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+        )
+    return CLIResult(proc)
+
+
+@pytest.fixture
+def pybuild() -> Iterator[object]:
+    yield run_pybuild

@@ -1,4 +1,4 @@
-"""The content store: verified, atomic, idempotent writes and verifying reads; kills and full disks leave or a full disk nothing partial."""
+"""The content store: verified atomic writes, verifying reads; a kill or a full disk leaves nothing partial."""
 
 from __future__ import annotations
 

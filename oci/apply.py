@@ -35,6 +35,7 @@ __all__ = ["ApplyLimits", "ApplyResult", "apply_layer", "remove_tree"]
 _CHUNK = 1 << 20
 _MAX_SYMLINKS = 40
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_AUFS_META = WHITEOUT_PREFIX + WHITEOUT_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,23 +132,38 @@ class _Applier:
         self._root_fd = os.open(root, _DIR_FLAGS)
         self._limits = limits
         self._same_owner = same_owner
+        # Paths this layer wrote, and the directories on the way to them (whiteouts and opaque markers only
+        # hide what lower layers left).
         self._created: set[tuple[str, ...]] = set()
+        self._ancestors: set[tuple[str, ...]] = set()
         self._dir_times: list[tuple[tuple[str, ...], int]] = []
+        # One resolved parent directory, reused while entries stay in the same directory. Callers borrow its
+        # descriptor for the entry at hand, so invalidation retires it and it is closed at the next lookup.
         self._cached: tuple[tuple[str, ...], int] | None = None
+        self._retired: list[int] = []
 
     def close(self) -> None:
         self._forget_cached()
+        self._close_retired()
         os.close(self._root_fd)
 
     # --- resolving, confined to the root
 
     def _forget_cached(self) -> None:
         if self._cached is not None:
-            os.close(self._cached[1])
+            self._retired.append(self._cached[1])
             self._cached = None
 
+    def _close_retired(self) -> None:
+        while self._retired:
+            os.close(self._retired.pop())
+
     def _parent(self, parts: tuple[str, ...], create: bool) -> int | None:
-        """An O_PATH descriptor of directory ``parts`` (owned by the cache; do not close), or None if absent."""
+        """An O_PATH descriptor of directory ``parts`` (owned by the cache; do not close), or None if absent.
+
+        Valid until the next call: a removal may retire it, but it stays open for the entry being applied.
+        """
+        self._close_retired()
         if self._cached is not None and self._cached[0] == parts:
             return self._cached[1]
         fd = self._resolve_dir(parts, create)
@@ -158,7 +174,13 @@ class _Applier:
         return fd
 
     def _resolve_dir(self, parts: tuple[str, ...], create: bool) -> int | None:
-        stack = [os.dup(self._root_fd)]
+        """Resolve directory ``parts`` inside the root, following symlinks there; return an owned descriptor.
+
+        One descriptor is held at a time, however deep the path: ``..`` is taken from the kernel and checked
+        against the identity of the directory we came through, and stops at the root.
+        """
+        here = os.dup(self._root_fd)
+        route = [_identity(here)]  # identities of the directories from the root down to ``here``
         todo = list(reversed(parts))
         links = 0
         try:
@@ -167,10 +189,14 @@ class _Applier:
                 if name in ("", "."):
                     continue
                 if name == "..":
-                    if len(stack) > 1:
-                        os.close(stack.pop())
+                    if len(route) > 1:
+                        up = os.open("..", _DIR_FLAGS, dir_fd=here)
+                        os.close(here)
+                        here = up
+                        route.pop()
+                        if _identity(here) != route[-1]:
+                            raise LayerError(f"{'/'.join(parts)}: a directory moved while it was being resolved")
                     continue
-                here = stack[-1]
                 try:
                     st = os.stat(name, dir_fd=here, follow_symlinks=False)
                 except FileNotFoundError:
@@ -184,20 +210,24 @@ class _Applier:
                         raise UnsafeEntry(f"{'/'.join(parts)}: too many levels of symbolic links")
                     target = os.fsdecode(os.readlink(name, dir_fd=here))
                     if target.startswith("/"):
-                        while len(stack) > 1:
-                            os.close(stack.pop())
+                        os.close(here)
+                        here = os.dup(self._root_fd)
+                        del route[1:]
                     todo.extend(reversed(target.split("/")))
                     continue
                 if not stat.S_ISDIR(st.st_mode):
                     if not create:
                         return None
                     raise LayerError(f"{'/'.join(parts)}: {name} is not a directory")
-                stack.append(os.open(name, _DIR_FLAGS, dir_fd=here))
-            result = stack.pop()
+                down = os.open(name, _DIR_FLAGS, dir_fd=here)
+                os.close(here)
+                here = down
+                route.append(_identity(here))
+            result, here = here, -1
             return result
         finally:
-            for fd in stack:
-                os.close(fd)
+            if here >= 0:
+                os.close(here)
 
     # --- applying entries
 
@@ -208,9 +238,15 @@ class _Applier:
                 return  # "./" itself: Docker skips it too
             raise UnsafeEntry(f"{entry.path!r}: a {entry.type.name.lower()} cannot replace the root")
         name = parts[-1]
+        if name != OPAQUE and any(part.startswith(_AUFS_META) for part in parts):
+            return  # AUFS metadata (.wh..wh.plnk/ and the like) and what is in it: not part of the image
         if name.startswith(WHITEOUT_PREFIX):
             self._whiteout(entry, parts)
             return
+        for depth in range(len(parts) - 1, 0, -1):
+            if parts[:depth] in self._ancestors:
+                break
+            self._ancestors.add(parts[:depth])
         parent = self._parent(parts[:-1], create=True)
         assert parent is not None
         kind = entry.type
@@ -237,8 +273,6 @@ class _Applier:
         if name == OPAQUE:
             self._opaque(parts[:-1])
             return
-        if name.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
-            return  # AUFS metadata (.wh..wh.plnk and the like): not part of the image
         target = name[len(WHITEOUT_PREFIX) :]
         if target in ("", ".", ".."):
             raise UnsafeEntry(f"{entry.path!r}: invalid whiteout name")
@@ -261,7 +295,7 @@ class _Applier:
             try:
                 for child in _list_dir(fd):
                     path = current + (child,)
-                    if path not in self._created:
+                    if path not in self._created and path not in self._ancestors:
                         self._remove(fd, child)
                     elif _is_dir(fd, child):
                         todo.append(path)
@@ -277,19 +311,13 @@ class _Applier:
         if stat.S_ISDIR(st.st_mode):
             if keep_dir:
                 return st
-            self._forget_cached_if_not(parent)
+            self._forget_cached()  # the cached route may have passed through it
             remove_tree(parent, name)
         else:
             if stat.S_ISLNK(st.st_mode):
-                self._forget_cached_if_not(parent)
+                self._forget_cached()
             os.unlink(name, dir_fd=parent)
         return None
-
-    def _forget_cached_if_not(self, parent: int) -> None:
-        # Removing a directory or a symlink may invalidate a cached resolution below it. The cached
-        # descriptor is usually ``parent`` itself, which stays valid; anything else is dropped.
-        if self._cached is not None and self._cached[1] != parent:
-            self._forget_cached()
 
     def _chown(self, target: int | str, entry: TarEntry, parent: int | None = None) -> None:
         if not self._same_owner:
@@ -418,26 +446,48 @@ def _is_dir(parent: int, name: str) -> bool:
         return False
 
 
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
 def remove_tree(parent_fd: int, name: str) -> None:
-    """Delete ``name`` under ``parent_fd`` and everything below it, iteratively, never following a symlink."""
-    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
-    stack: list[tuple[int, str, int, list[str]]] = [(parent_fd, name, fd, os.listdir(fd))]
+    """Delete ``name`` under ``parent_fd`` and everything below it, never following a symlink.
+
+    Iterative, with one directory descriptor open at a time whatever the depth; climbing back up checks that
+    ``..`` is the directory we came down from.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    here = os.open(name, flags, dir_fd=parent_fd)
+    # (name in its parent, children left to remove, identity of the parent)
+    stack: list[tuple[str, list[str], tuple[int, int]]] = [(name, os.listdir(here), _identity(parent_fd))]
     try:
         while stack:
-            _, _, here, children = stack[-1]
-            if not children:
-                up, child_name, _, _ = stack.pop()
-                os.close(here)
-                os.rmdir(child_name, dir_fd=up)
+            current, children, parent_identity = stack[-1]
+            if children:
+                child = children.pop()
+                try:
+                    os.unlink(child, dir_fd=here)
+                except IsADirectoryError:
+                    sub = os.open(child, flags, dir_fd=here)
+                    stack.append((child, os.listdir(sub), _identity(here)))
+                    os.close(here)
+                    here = sub
+                except FileNotFoundError:
+                    pass
                 continue
-            child = children.pop()
-            try:
-                os.unlink(child, dir_fd=here)
-            except IsADirectoryError:
-                sub = os.open(child, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=here)
-                stack.append((here, child, sub, os.listdir(sub)))
-            except FileNotFoundError:
-                pass
+            stack.pop()
+            if not stack:
+                os.close(here)
+                here = -1
+                os.rmdir(current, dir_fd=parent_fd)
+                break
+            up = os.open("..", flags, dir_fd=here)
+            os.close(here)
+            here = up
+            if _identity(here) != parent_identity:
+                raise LayerError(f"{name}: a directory moved while it was being removed")
+            os.rmdir(current, dir_fd=here)
     finally:
-        for _, _, here, _ in stack:
+        if here >= 0:
             os.close(here)

@@ -215,3 +215,19 @@ def test_layer_headers_are_normalised(tmp_path: Path) -> None:
     ((entry, _),) = list(TarReader(io.BytesIO(data)))
     assert entry.type is EntryType.FILE
     assert (entry.uname, entry.gname, entry.mtime) == ("", "", 1234)
+
+
+def test_whiteout_and_opaque_entries_delete_what_lower_layers_left(tmp_path: Path) -> None:
+    from oci.layer import LayerItem, opaque, whiteout
+
+    assert whiteout("a/b").path == "a/.wh.b" and whiteout("top").path == ".wh.top"
+    assert opaque("a/b").path == "a/b/.wh..wh..opq" and opaque("").path == ".wh..wh..opq"
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "lower").write_bytes(b"")
+    (root / "a" / "gone").write_bytes(b"")
+    (root / "kept").write_bytes(b"")
+    layer = io.BytesIO()
+    write_layer([LayerItem(whiteout("a/gone")), LayerItem(opaque("a/b"))], layer, Compression.GZIP)
+    apply_layer(io.BytesIO(layer.getvalue()), root)
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["a", "a/b", "kept"]

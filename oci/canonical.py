@@ -42,8 +42,13 @@ def load_json_object(raw: bytes, what: str) -> dict[str, Any]:
         value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except InvalidDocument as err:
         raise InvalidDocument(f"{what}: {err}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise InvalidDocument(f"{what} is not valid JSON: {err}") from None
+    except (ValueError, RecursionError) as err:  # bad UTF-8 or JSON, or an integer too long to convert
+        raise InvalidDocument(f"{what} is not valid JSON: {str(err)[:200]}") from None
     if not isinstance(value, dict):
         raise InvalidDocument(f"{what} is not a JSON object")
+    try:
+        # A "\ud800" escape decodes to a lone surrogate, which no UTF-8 document can carry on.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidDocument(f"{what} has a string that is not valid Unicode") from None
     return value

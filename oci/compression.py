@@ -91,8 +91,9 @@ class _GzipWriter:
 class _ZstdWriter:
     def __init__(self, out: BinaryIO, level: int) -> None:
         self._out = out
-        # threads=0: single-threaded frames are the same bytes on every machine.
-        self._z = zstandard.ZstdCompressor(level=level, threads=0).compressobj()
+        # threads=0: single-threaded frames are the same bytes on every machine. The checksum lets a reader
+        # detect corruption inside a block.
+        self._z = zstandard.ZstdCompressor(level=level, threads=0, write_checksum=True).compressobj()
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         chunk = self._z.compress(bytes(data))
@@ -161,16 +162,44 @@ class _GzipReader(io.RawIOBase):
 
 
 class _ZstdReader(io.RawIOBase):
+    """Multi-frame zstd; a frame cut short is an error (zstandard's stream reader would end quietly)."""
+
     def __init__(self, raw: BinaryIO) -> None:
         super().__init__()
-        self._reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
+        self._raw = raw
+        self._z = zstandard.ZstdDecompressor().decompressobj()
+        self._pending = b""
+        self._started = False  # bytes of the current frame have been fed
+        self._eof = False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        while not self._pending and not self._eof:
+            self._fill()
+        n = min(len(view), len(self._pending))
+        view[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def _fill(self) -> None:
+        data = b""
+        if self._z.eof:
+            data = self._z.unused_data
+            self._z = zstandard.ZstdDecompressor().decompressobj()
+            self._started = False
+        if not data:
+            data = self._raw.read(_CHUNK)
+        if not data:
+            if self._started:
+                raise CompressionError("zstd stream is truncated")
+            self._eof = True
+            return
+        self._started = True
         try:
-            return self._reader.readinto(buffer)
+            self._pending = self._z.decompress(data)
         except zstandard.ZstdError as err:
             raise CompressionError(f"zstd stream is corrupt: {err}") from None
 

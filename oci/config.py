@@ -95,9 +95,7 @@ class RuntimeConfig:
             if "\0" in entry:
                 raise InvalidDocument("config Env has an entry with a NUL byte")
         health = data.get("Healthcheck")
-        args_escaped = data.get("ArgsEscaped", False)
-        if not isinstance(args_escaped, bool):
-            raise InvalidDocument("config ArgsEscaped must be a boolean")
+        args_escaped = _bool(data, "ArgsEscaped")
         return cls(
             user=_str(data, "User"),
             exposed_ports=tuple(sorted(_set(data.get("ExposedPorts"), "config ExposedPorts"))),
@@ -157,9 +155,7 @@ class History:
     def from_json(cls, data: Any) -> History:
         if not isinstance(data, dict):
             raise InvalidDocument("config history entry must be an object")
-        empty = data.get("empty_layer", False)
-        if not isinstance(empty, bool):
-            raise InvalidDocument("config history empty_layer must be a boolean")
+        empty = _bool(data, "empty_layer")
         return cls(
             created=_str(data, "created"),
             created_by=_str(data, "created_by"),
@@ -259,6 +255,15 @@ def _str(data: dict[str, Any], key: str) -> str:
         return ""
     if not isinstance(value, str):
         raise InvalidDocument(f"config {key} must be a string")
+    return value
+
+
+def _bool(data: dict[str, Any], key: str) -> bool:
+    value = data.get(key)
+    if value is None:
+        return False  # null reads as false, as in Go
+    if not isinstance(value, bool):
+        raise InvalidDocument(f"config {key} must be a boolean")
     return value
 
 

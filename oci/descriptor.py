@@ -18,7 +18,15 @@ __all__ = ["Descriptor", "Platform", "REF_NAME", "string_map", "string_list"]
 #: The annotation that names a tag in an image layout's index.json.
 REF_NAME = "org.opencontainers.image.ref.name"
 
-_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "armhf": "arm", "armel": "arm"}
+# containerd's normalizeArch: name -> (architecture, variant implied by the name)
+_ARCH_ALIASES = {
+    "i386": ("386", ""),
+    "x86_64": ("amd64", ""),
+    "x86-64": ("amd64", ""),
+    "aarch64": ("arm64", ""),
+    "armhf": ("arm", "v7"),
+    "armel": ("arm", "v6"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +46,8 @@ class Platform:
         return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else "").normalized()
 
     def normalized(self) -> Platform:
-        arch = _ARCH_ALIASES.get(self.architecture, self.architecture)
-        variant = self.variant
+        arch, implied = _ARCH_ALIASES.get(self.architecture, (self.architecture, ""))
+        variant = self.variant or implied
         if arch == "arm64" and variant in ("8", "v8", "v8.0"):
             variant = ""
         elif arch == "arm" and variant in ("", "7"):

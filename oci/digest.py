@@ -99,11 +99,14 @@ class VerifyingReader(io.RawIOBase):
         self._hasher = Hasher(expected.algorithm)
         self._name = name or str(expected)
         self._done = False
+        self._error: Exception | None = None
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._error is not None:
+            raise self._error
         if self._done:
             return 0
         view = memoryview(buffer).cast("B")
@@ -111,7 +114,8 @@ class VerifyingReader(io.RawIOBase):
         if n:
             self._hasher.update(view[:n])
             if self._size is not None and self._hasher.size > self._size:
-                raise SizeMismatch(f"{self._name}: more than the expected {self._size} bytes")
+                self._error = SizeMismatch(f"{self._name}: more than the expected {self._size} bytes")
+                raise self._error
             return n
         self._done = True
         self._check()
@@ -119,10 +123,11 @@ class VerifyingReader(io.RawIOBase):
 
     def _check(self) -> None:
         if self._size is not None and self._hasher.size != self._size:
-            raise SizeMismatch(f"{self._name}: expected {self._size} bytes, got {self._hasher.size}")
-        actual = self._hasher.digest()
-        if actual != self._expected:
-            raise DigestMismatch(f"{self._name}: content has digest {actual}")
+            self._error = SizeMismatch(f"{self._name}: expected {self._size} bytes, got {self._hasher.size}")
+        elif (actual := self._hasher.digest()) != self._expected:
+            self._error = DigestMismatch(f"{self._name}: content has digest {actual}")
+        if self._error is not None:
+            raise self._error
 
     def close(self) -> None:
         try:

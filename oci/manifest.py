@@ -78,7 +78,7 @@ def _load(raw: bytes, what: str) -> dict[str, Any]:
     if len(raw) > MAX_DOCUMENT_SIZE:
         raise InvalidDocument(f"{what} is larger than {MAX_DOCUMENT_SIZE} bytes")
     data = load_json_object(raw, what)
-    if data.get("schemaVersion") != 2 or isinstance(data.get("schemaVersion"), bool):
+    if type(data.get("schemaVersion")) is not int or data.get("schemaVersion") != 2:
         raise InvalidDocument(f"{what}: unsupported schemaVersion {data.get('schemaVersion')!r}")
     return data
 

@@ -16,13 +16,14 @@ from oci.errors import InvalidDigest, InvalidReference
 __all__ = ["DOCKER_HUB", "Reference"]
 
 DOCKER_HUB = "docker.io"
-_LEGACY_HUBS = ("index.docker.io", "registry-1.docker.io")
+_LEGACY_HUB = "index.docker.io"  # the only host Docker rewrites to docker.io
 _NAME_MAX = 255
 
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = re.compile(rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?")
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
+_IMAGE_ID = re.compile(r"[a-f0-9]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,8 @@ class Reference:
         """Parse and normalise a reference. A reference with neither tag nor digest gets ``default_tag``."""
         if not isinstance(text, str) or not text:
             raise InvalidReference("empty image reference")
+        if _IMAGE_ID.fullmatch(text):
+            raise InvalidReference(f"invalid repository name {text!r}: cannot be a 64-character hexadecimal string")
         rest = text
         digest: Digest | None = None
         if "@" in rest:
@@ -90,7 +93,7 @@ def _split_registry(name: str, text: str) -> tuple[str, str]:
             raise InvalidReference(f"invalid registry {registry!r} in reference {text!r}")
     else:
         registry, repository = DOCKER_HUB, name
-    if registry in _LEGACY_HUBS:
+    if registry == _LEGACY_HUB:
         registry = DOCKER_HUB
     if registry == DOCKER_HUB and "/" not in repository:
         repository = f"library/{repository}"

@@ -230,8 +230,8 @@ class TarWriter:
 
 def _parse_number(raw: bytes, what: str) -> int:
     if raw and raw[0] & 0x80:
-        # GNU base-256: big-endian two's complement in the remaining bits.
-        if raw[0] == 0xFF:
+        # GNU base-256: big-endian two's complement in the remaining bits; 0x40 is the sign.
+        if raw[0] & 0x40:
             raise InvalidArchive(f"negative {what} in tar header")
         value = raw[0] & 0x7F
         for byte in raw[1:]:
@@ -272,10 +272,10 @@ def _parse_pax(data: bytes) -> dict[str, bytes]:
         space = data.find(b" ", pos)
         if space < 0:
             raise InvalidArchive("malformed PAX header")
-        try:
-            length = int(data[pos:space])
-        except ValueError:
-            raise InvalidArchive("malformed PAX header length") from None
+        digits = data[pos:space]
+        if not digits.isdigit():  # bytes.isdigit is ASCII-only; int() would also take "2_0" or " 20"
+            raise InvalidArchive("malformed PAX header length")
+        length = int(digits)
         end = pos + length
         if length <= space - pos + 1 or end > len(data) or data[end - 1 : end] != b"\n":
             raise InvalidArchive("malformed PAX record")
@@ -381,6 +381,8 @@ class TarReader:
                     raise InvalidArchive("archive ends after an extended header")
                 return  # no end marker: accepted, as Go's reader does
             if block == bytes(BLOCK):
+                if local_pax or long_name is not None or long_link is not None:
+                    raise InvalidArchive("archive ends after an extended header")
                 # End of archive: one zero block, then normally a second one (absent in some writers).
                 second = self._read_exact(BLOCK, "header")
                 if second and second != bytes(BLOCK):
@@ -439,7 +441,7 @@ class TarReader:
         if "linkpath" in pax:
             link = pax["linkpath"]
         if entry_type is EntryType.FILE and name.endswith(b"/"):
-            entry_type = EntryType.DIR  # the v7 convention for directories
+            entry_type = EntryType.DIR  # the v7 convention for directories (GNU tar honours it for '0' too)
         if not name:
             raise InvalidArchive(f"member {self.entries} has an empty name")
         if b"\0" in name or b"\0" in link:

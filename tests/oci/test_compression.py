@@ -1,0 +1,243 @@
+"""Layer compression: deterministic gzip/zstd writers and a sniffing, strict, multi-member reader."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import random
+import struct
+import zlib
+
+import pytest
+import zstandard
+
+from oci import mediatypes as mt
+from oci.compression import Compression, compressor, decompress_stream, sniff
+from oci.errors import CompressionError, OCIError
+
+KINDS = [Compression.NONE, Compression.GZIP, Compression.ZSTD]
+
+
+def _random(n: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def _compress(kind: Compression, data: bytes, chunk: int = 65536, level: int | None = None) -> bytes:
+    out = io.BytesIO()
+    writer = compressor(kind, out, level)
+    for i in range(0, len(data), chunk):
+        assert writer.write(data[i : i + chunk]) == len(data[i : i + chunk])
+    writer.finish()
+    assert not out.closed
+    return out.getvalue()
+
+
+def _decompress(raw: bytes) -> tuple[Compression, bytes]:
+    kind, stream = decompress_stream(io.BytesIO(raw))
+    return kind, stream.read()
+
+
+def _decompress_in_small_reads(raw: bytes, size: int = 777) -> bytes:
+    _, stream = decompress_stream(io.BytesIO(raw))
+    parts = []
+    while chunk := stream.read(size):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("size", [0, 1, 511, 3_000_000])
+def test_round_trip_random_bytes(kind: Compression, size: int) -> None:
+    data = _random(size, seed=size)
+    assert _decompress(_compress(kind, data)) == (kind, data)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_round_trip_compressible_bytes_in_small_reads(kind: Compression) -> None:
+    data = b"".join(b"line %d of a very repetitive file\n" % (i % 100) for i in range(200_000))
+    assert _decompress_in_small_reads(_compress(kind, data, chunk=1000)) == data
+
+
+@pytest.mark.parametrize("kind", [Compression.GZIP, Compression.ZSTD])
+def test_compressed_output_is_smaller_for_compressible_data(kind: Compression) -> None:
+    data = b"a" * 100_000
+    assert len(_compress(kind, data)) < 1000
+
+
+def test_none_is_passthrough() -> None:
+    data = _random(1000)
+    assert _compress(Compression.NONE, data) == data
+
+
+@pytest.mark.parametrize("kind", [Compression.GZIP, Compression.ZSTD])
+def test_output_is_readable_by_reference_decompressors(kind: Compression) -> None:
+    data = _random(100_000)
+    raw = _compress(kind, data)
+    if kind is Compression.GZIP:
+        assert gzip.decompress(raw) == data
+    else:
+        assert zstandard.ZstdDecompressor().decompressobj().decompress(raw) == data
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_same_input_gives_same_bytes(kind: Compression) -> None:
+    data = _random(500_000) + b"z" * 500_000
+    assert _compress(kind, data) == _compress(kind, data)
+    # How the input is split into writes does not matter either.
+    assert _compress(kind, data, chunk=4096) == _compress(kind, data, chunk=1 << 20)
+
+
+def test_gzip_header_has_mtime_zero_and_no_file_name() -> None:
+    raw = _compress(Compression.GZIP, b"hello")
+    magic, method, flags, mtime = struct.unpack("<2sBBI", raw[:8])
+    assert magic == b"\x1f\x8b"
+    assert method == 8
+    assert flags & 0x08 == 0  # FNAME
+    assert flags & 0x10 == 0  # FCOMMENT
+    assert mtime == 0
+
+
+@pytest.mark.parametrize("kind", [Compression.GZIP, Compression.ZSTD])
+def test_level_is_honoured(kind: Compression) -> None:
+    data = b"a" * 100_000
+    low = 0 if kind is Compression.GZIP else 1  # gzip level 0 stores, zstd level 1 is fastest
+    assert len(_compress(kind, data, level=low)) > len(_compress(kind, data, level=9))
+
+
+@pytest.mark.parametrize(
+    ("prefix", "kind"),
+    [
+        (b"\x1f\x8b\x08\x00", Compression.GZIP),
+        (b"\x1f\x8b", Compression.GZIP),
+        (b"\x28\xb5\x2f\xfd", Compression.ZSTD),
+        (b"\x28\xb5\x2f\xfd\x00\x00", Compression.ZSTD),
+        (b"\x28\xb5\x2f", Compression.NONE),
+        (b"\x1f", Compression.NONE),
+        (b"", Compression.NONE),
+        (b"ustar", Compression.NONE),
+        (b"BZh9", Compression.NONE),
+    ],
+)
+def test_sniff(prefix: bytes, kind: Compression) -> None:
+    assert sniff(prefix) is kind
+
+
+def test_uncompressed_stream_is_returned_as_is() -> None:
+    data = b"plain tar bytes" * 100
+    assert _decompress(data) == (Compression.NONE, data)
+    assert _decompress(b"") == (Compression.NONE, b"")
+
+
+def test_decompress_stream_accepts_a_buffered_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data = _random(200_000)
+    path = tmp_path / "blob"
+    path.write_bytes(_compress(Compression.ZSTD, data))
+    with open(path, "rb") as f:
+        kind, stream = decompress_stream(f)
+        assert (kind, stream.read()) == (Compression.ZSTD, data)
+
+
+def test_multi_member_gzip_decompresses_to_the_concatenation() -> None:
+    a, b, c = _random(1000, 1), _random(200_000, 2), b""
+    raw = gzip.compress(a) + gzip.compress(b) + gzip.compress(c) + _compress(Compression.GZIP, b"tail")
+    assert _decompress(raw) == (Compression.GZIP, a + b + c + b"tail")
+    assert _decompress_in_small_reads(raw) == a + b + c + b"tail"
+
+
+def test_multi_frame_zstd_decompresses_to_the_concatenation() -> None:
+    a, b = _random(1000, 1), b"x" * 300_000
+    cctx = zstandard.ZstdCompressor()
+    raw = cctx.compress(a) + cctx.compress(b) + _compress(Compression.ZSTD, b"tail")
+    assert _decompress(raw) == (Compression.ZSTD, a + b + b"tail")
+
+
+@pytest.mark.parametrize("padding", [1, 511, 10240, 3 << 20])
+def test_gzip_followed_by_nul_padding_is_accepted(padding: int) -> None:
+    data = _random(5000)
+    assert _decompress(gzip.compress(data) + b"\0" * padding) == (Compression.GZIP, data)
+
+
+@pytest.mark.parametrize("garbage", [b"garbage", b"\x00\x00junk", b"\x1f", b"\x1f\x8b\x08"])
+def test_gzip_followed_by_garbage_is_refused(garbage: bytes) -> None:
+    with pytest.raises(CompressionError):
+        _decompress(gzip.compress(b"data") + garbage)
+
+
+def test_gzip_followed_by_garbage_after_long_padding_is_refused() -> None:
+    with pytest.raises(CompressionError):
+        _decompress(gzip.compress(b"data") + b"\0" * (3 << 20) + b"x")
+
+
+@pytest.mark.parametrize("cut", [1, 4, 8, 100, 5000])
+def test_truncated_gzip_is_refused(cut: int) -> None:
+    raw = gzip.compress(_random(20_000))
+    with pytest.raises(CompressionError):
+        _decompress(raw[:-cut])
+
+
+def test_gzip_with_only_a_header_is_refused() -> None:
+    with pytest.raises(CompressionError):
+        _decompress(gzip.compress(b"abc")[:10])
+
+
+def test_gzip_with_bad_crc_is_refused() -> None:
+    raw = bytearray(gzip.compress(b"hello world"))
+    raw[-8] ^= 0xFF
+    with pytest.raises(CompressionError):
+        _decompress(bytes(raw))
+
+
+def test_corrupt_gzip_is_refused() -> None:
+    raw = bytearray(zlib.compress(b"x" * 1000))  # zlib, not gzip: wrong wrapper behind a gzip magic
+    with pytest.raises(CompressionError):
+        _decompress(b"\x1f\x8b" + bytes(raw))
+
+
+def test_corrupt_zstd_frame_header_is_refused() -> None:
+    with pytest.raises(CompressionError):
+        _decompress(b"\x28\xb5\x2f\xfd" + b"\xff" * 32)
+
+
+def test_corrupt_zstd_block_is_refused() -> None:
+    raw = bytearray(zstandard.ZstdCompressor().compress(b"abc" * 100_000))
+    raw[10] ^= 0xFF
+    with pytest.raises(CompressionError):
+        _decompress(bytes(raw))
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9])
+def test_truncated_zstd_is_refused(keep: float) -> None:
+    raw = zstandard.ZstdCompressor().compress(_random(300_000))
+    with pytest.raises(CompressionError):
+        _decompress(raw[: int(len(raw) * keep)])
+
+
+def test_zstd_with_trailing_garbage_is_refused() -> None:
+    raw = zstandard.ZstdCompressor().compress(b"abc")
+    with pytest.raises(CompressionError):
+        _decompress(raw + b"\x01\x02\x03\x04 garbage")
+
+
+def test_compression_error_is_an_oci_error() -> None:
+    with pytest.raises(OCIError):
+        _decompress(gzip.compress(b"x")[:-1])
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [("gzip", Compression.GZIP), ("ZSTD", Compression.ZSTD), ("none", Compression.NONE), ("Gzip", Compression.GZIP)],
+)
+def test_compression_parse(text: str, kind: Compression) -> None:
+    assert Compression.parse(text) is kind
+
+
+@pytest.mark.parametrize("text", ["", "gz", "bzip2", "xz", " gzip", "uncompressed"])
+def test_compression_parse_refuses_unknown_names(text: str) -> None:
+    with pytest.raises(ValueError, match="unknown compression"):
+        Compression.parse(text)
+
+
+def test_layer_media_types() -> None:
+    assert Compression.NONE.layer_media_type == mt.OCI_LAYER
+    assert Compression.GZIP.layer_media_type == mt.OCI_LAYER_GZIP
+    assert Compression.ZSTD.layer_media_type == mt.OCI_LAYER_ZSTD

@@ -48,8 +48,10 @@ class Compression(enum.Enum):
 def sniff(prefix: bytes) -> Compression:
     if prefix.startswith(_GZIP_MAGIC):
         return Compression.GZIP
-    if prefix.startswith(_ZSTD_MAGIC):
-        return Compression.ZSTD
+    if prefix.startswith(_ZSTD_MAGIC) or (
+        len(prefix) >= 4 and 0x50 <= prefix[0] <= 0x5F and prefix[1:4] == b"\x2a\x4d\x18"
+    ):
+        return Compression.ZSTD  # a zstd frame, or a zstd skippable frame
     return Compression.NONE
 
 
@@ -161,47 +163,113 @@ class _GzipReader(io.RawIOBase):
         self._eof = True
 
 
+class _ZstdFrames:
+    """Follows the frame structure of a zstd stream (headers and block sizes, RFC 8878) without decompressing
+    it, to tell whether the stream ended between frames. zstandard's stream reader ends quietly in the middle
+    of a frame; its one-shot decompressor would notice, but has no bound on the memory a bomb can take."""
+
+    def __init__(self) -> None:
+        self._state = "magic"
+        self._need = 4
+        self._buf = bytearray()
+        self._skip = 0
+        self._checksum = False
+
+    def feed(self, data: bytes) -> None:
+        view = memoryview(data)
+        pos, end = 0, len(view)
+        while pos < end:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            take = min(self._need - len(self._buf), end - pos)
+            self._buf += view[pos : pos + take]
+            pos += take
+            if len(self._buf) == self._need:
+                header = bytes(self._buf)
+                self._buf.clear()
+                self._advance(header)
+
+    def _expect(self, state: str, need: int) -> None:
+        self._state, self._need = state, need
+
+    def _advance(self, header: bytes) -> None:
+        state = self._state
+        if state == "magic":
+            if header == _ZSTD_MAGIC:
+                self._expect("descriptor", 1)
+            elif header[1:] == b"\x2a\x4d\x18" and 0x50 <= header[0] <= 0x5F:
+                self._expect("skippable", 4)
+            else:
+                raise CompressionError("zstd stream has data that is not a zstd frame")
+        elif state == "skippable":
+            self._skip = int.from_bytes(header, "little")
+            self._expect("magic", 4)
+        elif state == "descriptor":
+            fhd = header[0]
+            single = bool(fhd & 0x20)
+            self._checksum = bool(fhd & 0x04)
+            rest = (0 if single else 1) + (0, 1, 2, 4)[fhd & 3] + ((1 if single else 0), 2, 4, 8)[fhd >> 6]
+            self._expect("frame header", rest) if rest else self._expect("block", 3)
+        elif state == "frame header":
+            self._expect("block", 3)
+        elif state == "block":
+            value = int.from_bytes(header, "little")
+            kind, size = (value >> 1) & 3, value >> 3
+            if kind == 3:
+                raise CompressionError("zstd stream has a reserved block type")
+            self._skip = 1 if kind == 1 else size  # an RLE block stores one byte
+            if not value & 1:
+                self._expect("block", 3)
+            elif self._checksum:
+                self._expect("checksum", 4)
+            else:
+                self._expect("magic", 4)
+        else:  # checksum
+            self._expect("magic", 4)
+
+    def at_boundary(self) -> bool:
+        return self._state == "magic" and not self._buf and not self._skip
+
+
+class _Tee(io.RawIOBase):
+    def __init__(self, raw: BinaryIO, frames: _ZstdFrames) -> None:
+        super().__init__()
+        self._raw = raw
+        self._frames = frames
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._frames.feed(data)
+        return data
+
+
 class _ZstdReader(io.RawIOBase):
-    """Multi-frame zstd; a frame cut short is an error (zstandard's stream reader would end quietly)."""
+    """Multi-frame zstd with bounded memory; a stream cut in the middle of a frame is an error."""
 
     def __init__(self, raw: BinaryIO) -> None:
         super().__init__()
-        self._raw = raw
-        self._z = zstandard.ZstdDecompressor().decompressobj()
-        self._pending = b""
-        self._started = False  # bytes of the current frame have been fed
-        self._eof = False
+        self._frames = _ZstdFrames()
+        self._reader = zstandard.ZstdDecompressor().stream_reader(
+            _Tee(raw, self._frames), read_size=_CHUNK, read_across_frames=True, closefd=False
+        )
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        view = memoryview(buffer).cast("B")
-        while not self._pending and not self._eof:
-            self._fill()
-        n = min(len(view), len(self._pending))
-        view[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-    def _fill(self) -> None:
-        data = b""
-        if self._z.eof:
-            data = self._z.unused_data
-            self._z = zstandard.ZstdDecompressor().decompressobj()
-            self._started = False
-        if not data:
-            data = self._raw.read(_CHUNK)
-        if not data:
-            if self._started:
-                raise CompressionError("zstd stream is truncated")
-            self._eof = True
-            return
-        self._started = True
         try:
-            self._pending = self._z.decompress(data)
+            n = self._reader.readinto(buffer)
         except zstandard.ZstdError as err:
             raise CompressionError(f"zstd stream is corrupt: {err}") from None
+        if n == 0 and not self._frames.at_boundary():
+            raise CompressionError("zstd stream is truncated")
+        return n
 
 
 def decompress_stream(raw: BinaryIO) -> tuple[Compression, BinaryIO]:

@@ -241,3 +241,24 @@ def test_layer_media_types() -> None:
     assert Compression.NONE.layer_media_type == mt.OCI_LAYER
     assert Compression.GZIP.layer_media_type == mt.OCI_LAYER_GZIP
     assert Compression.ZSTD.layer_media_type == mt.OCI_LAYER_ZSTD
+
+
+def test_zstd_skippable_frames_are_passed_over() -> None:
+    payload = b"after the skippable frame" * 100
+    skippable = b"\x50\x2a\x4d\x18" + (5).to_bytes(4, "little") + b"12345"
+    stream = skippable + zstandard.ZstdCompressor().compress(payload)
+    kind, plain = decompress_stream(io.BytesIO(stream))
+    assert kind is Compression.ZSTD and plain.read() == payload
+    with pytest.raises(CompressionError, match="truncated"):
+        decompress_stream(io.BytesIO(stream[:10]))[1].read()
+
+
+@pytest.mark.parametrize("checksum", [True, False])
+@pytest.mark.parametrize("content_size", [True, False])
+def test_zstd_frames_of_every_header_shape_end_cleanly(checksum: bool, content_size: bool) -> None:
+    payload = random.Random(3).randbytes(300_000) + bytes(300_000)
+    compressor = zstandard.ZstdCompressor(write_checksum=checksum, write_content_size=content_size)
+    frames = compressor.compress(payload) + compressor.compress(b"second frame")
+    assert decompress_stream(io.BytesIO(frames))[1].read() == payload + b"second frame"
+    with pytest.raises(CompressionError, match="truncated"):
+        decompress_stream(io.BytesIO(frames[:-3]))[1].read()

@@ -223,11 +223,10 @@ def _build_parser() -> _Parser:
         epilog="Run 'pybuild COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    _add_global_options(parser, None)
-    # The same options are accepted after the verb (pybuild images --root DIR), as buildah and podman accept
-    # them; SUPPRESS keeps a verb from resetting a value given before it.
+    _add_global_options(parser, after_verb=False)
+    # The same options are accepted after the verb (pybuild images --root DIR), as buildah and podman accept them.
     common = argparse.ArgumentParser(add_help=False)
-    _add_global_options(common, argparse.SUPPRESS)
+    _add_global_options(common, after_verb=True)
     verbs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def verb(name: str, help_text: str, run: Callable[[_Context], int]) -> _Parser:
@@ -282,14 +281,18 @@ def _build_parser() -> _Parser:
     return parser
 
 
-def _add_global_options(parser: argparse.ArgumentParser, default: object) -> None:
+def _add_global_options(parser: argparse.ArgumentParser, *, after_verb: bool) -> None:
+    # After the verb, an option left out must not reset the value given before it: SUPPRESS leaves it alone.
     parser.add_argument(
-        "--root", metavar="DIR", default=default, help="the store (default: $PYBUILD_ROOT, else $XDG_DATA_HOME/pybuild)"
+        "--root",
+        metavar="DIR",
+        default=argparse.SUPPRESS if after_verb else None,
+        help="the store (default: $PYBUILD_ROOT, else $XDG_DATA_HOME/pybuild)",
     )
     parser.add_argument(
         "--debug",
         action="store_true",
-        default=default if default is not None else False,
+        default=argparse.SUPPRESS if after_verb else False,
         help="show tracebacks on errors",
     )
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from builder.errors import ImageNotFound
-from oci import mediatypes as mt
 from oci.descriptor import Descriptor, Platform
 from oci.digest import Digest
 from oci.errors import InvalidReference, OCIError
@@ -57,63 +56,48 @@ def _named_entries(layout: ImageLayout) -> list[tuple[Reference | None, Descript
 
 def list_images(layout: ImageLayout, platform: Platform) -> list[ImageSummary]:
     """One row per tag, newest first; images whose content is missing or broken are left out."""
-    rows = []
-    for ref, desc in _named_entries(layout):
-        if not (mt.is_manifest(desc.media_type) or mt.is_index(desc.media_type)):
-            continue
-        try:
-            image = layout.image(desc, platform)
-            image.config  # noqa: B018 - load it now, so a broken image is skipped here
-        except OCIError:
-            continue
-        rows.append(ImageSummary(ref, image))
+    rows = [ImageSummary(ref, image) for ref, _, image in _loaded(layout, platform) if image is not None]
     rows.sort(key=lambda row: (row.image.config.created, str(row.reference)), reverse=True)
     return rows
 
 
+def _loaded(layout: ImageLayout, platform: Platform) -> list[tuple[Reference | None, Descriptor, Image | None]]:
+    """Every index entry with its image view (None where its content is missing or broken)."""
+    result = []
+    for ref, desc in _named_entries(layout):
+        try:
+            image: Image | None = layout.image(desc, platform)
+            image.config  # type: ignore[union-attr]  # noqa: B018 - load and check it once, here
+        except OCIError:
+            image = None
+        result.append((ref, desc, image))
+    return result
+
+
 def find_image(layout: ImageLayout, name: str, platform: Platform) -> tuple[Image, list[Reference]]:
     """The image ``name`` refers to, and every reference that points at it."""
-    entries = _named_entries(layout)
+    entries = _loaded(layout, platform)
     try:
         wanted: Reference | None = Reference.parse(name)
     except InvalidReference:
         wanted = None
-    chosen: Image | None = None
-    if wanted is not None:
-        for ref, desc in entries:
-            if ref == wanted:
-                chosen = layout.image(desc, platform)
-                break
+    chosen = next((image for ref, _, image in entries if wanted is not None and ref == wanted), None)
     if chosen is None:
-        chosen = _by_id(layout, entries, name, platform)
-    names = [ref for ref, desc in entries if ref is not None and _same_image(layout, desc, chosen, platform)]
+        chosen = _by_id(entries, name)
+    names = [ref for ref, _, image in entries if ref is not None and image is not None and image.id == chosen.id]
     return chosen, names
 
 
-def _same_image(layout: ImageLayout, desc: Descriptor, image: Image, platform: Platform) -> bool:
-    if desc.digest == image.digest:
-        return True
-    try:
-        return layout.image(desc, platform).id == image.id
-    except OCIError:
-        return False
-
-
-def _by_id(
-    layout: ImageLayout, entries: list[tuple[Reference | None, Descriptor]], name: str, platform: Platform
-) -> Image:
+def _by_id(entries: list[tuple[Reference | None, Descriptor, Image | None]], name: str) -> Image:
     match = _ID_PREFIX.fullmatch(name)
     if match is None:
         raise ImageNotFound(f"no such image: {name}")
     prefix = match.group(1)
     found: dict[Digest, Image] = {}
-    for _, desc in entries:
-        try:
-            image = layout.image(desc, platform)
-            ids = (image.id.encoded, image.digest.encoded, desc.digest.encoded)
-        except OCIError:
+    for _, desc, image in entries:
+        if image is None:
             continue
-        if any(candidate.startswith(prefix) for candidate in ids):
+        if any(h.startswith(prefix) for h in (image.id.encoded, image.digest.encoded, desc.digest.encoded)):
             found.setdefault(image.id, image)
     if not found:
         raise ImageNotFound(f"no such image: {name}")

@@ -18,15 +18,27 @@ import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from builder import __version__
 from builder.commit import source_date_epoch
-from builder.errors import BuildError, UsageError
-from builder.images import inspect_image, list_images
+from builder.context import list_context
+from builder.errors import BuildError, DockerfileError, UsageError
+from builder.frontend.dockerfile import parse_dockerfile
+from builder.images import base_config, inspect_image, list_images
 from builder.importer import ImportRequest, import_rootfs
+from builder.plan import BuildPlan, PlanOptions, plan_build
 from builder.platforms import host_platform
 from builder.progress import Progress
+from builder.request import (
+    BuildRequest,
+    parse_build_args,
+    parse_key_values,
+    parse_platform,
+    read_dockerfile,
+    resolve_paths,
+)
 from builder.root import Store, open_store, store_root
 from oci.compression import Compression
 from oci.descriptor import Platform
@@ -107,6 +119,106 @@ def cmd_import(ctx: _Context) -> int:
     finally:
         progress.done()
     print(str(image.id), file=ctx.out)
+    return 0
+
+
+def _build_request(ctx: _Context) -> BuildRequest:
+    args = ctx.args
+    context, dockerfile = resolve_paths(args.context, args.file)
+    contexts = parse_key_values(args.build_context, "--build-context")
+    _parse_refs(args.tag)
+    return BuildRequest(
+        context=context,
+        dockerfile=dockerfile,
+        build_args=parse_build_args(args.build_arg, ctx.environ),
+        target=args.target or "",
+        platform=parse_platform(args.platform),
+        labels=parse_key_values(args.label, "--label"),
+        contexts=contexts,
+        tags=tuple(args.tag),
+    )
+
+
+def _plan(ctx: _Context, request: BuildRequest, *, all_stages: bool) -> BuildPlan:
+    data = read_dockerfile(request, sys.stdin.buffer)
+    ast = parse_dockerfile(data, request.dockerfile_label)
+    options = PlanOptions(
+        build_args=request.build_args,
+        target=request.target,
+        platform=request.platform,
+        build_platform=host_platform(),
+        contexts=frozenset(request.contexts),
+        labels=request.labels,
+        all_stages=all_stages,
+    )
+    # Base images' configs come from the store when it exists; planning never creates one.
+    root = store_root(ctx.args.root, ctx.environ)
+    if not (root / "oci-layout").exists():
+        return plan_build(ast, options)
+    layout = ctx.store.layout
+    return plan_build(ast, options, lambda ref, platform: base_config(layout, ref, platform))
+
+
+def cmd_build(ctx: _Context) -> int:
+    args = ctx.args
+    request = _build_request(ctx)
+    if not (args.print_plan or args.check):
+        raise UsageError(
+            "building images is not available yet; this version can only plan a build",
+            hint="use --print-plan or --check",
+        )
+    plan = _plan(ctx, request, all_stages=args.check and not request.target)
+    if args.check:
+        return _report_checks(ctx, plan)
+    for warning in plan.warnings:
+        print(f"WARNING: {warning.render(plan.path)}", file=sys.stderr)
+    if plan.unused_build_args:
+        names = ", ".join(plan.unused_build_args)
+        print(f"WARNING: one or more build args were not consumed: [{names}]", file=sys.stderr)
+    if plan.checks.error and plan.warnings:
+        raise DockerfileError(f"{len(plan.warnings)} build check warnings and the check directive says error=true")
+    ctx.out.write(json.dumps(plan.to_json(), indent=2, ensure_ascii=False) + "\n")
+    return 0
+
+
+def _report_checks(ctx: _Context, plan: BuildPlan) -> int:
+    if ctx.args.format == "json":
+        for warning in plan.warnings:
+            record = {"rule": warning.rule, "line": warning.line, "message": warning.message, "file": plan.path}
+            ctx.out.write(json.dumps(record) + "\n")
+    else:
+        for warning in plan.warnings:
+            ctx.out.write(f"{warning.render(plan.path)}\n")
+        count = len(plan.warnings)
+        summary = "no warnings found" if not count else f"{count} warning{'s' if count > 1 else ''} found"
+        print(f"Check complete, {summary}.", file=sys.stderr)
+    return 1 if plan.warnings else 0
+
+
+def _no_subcommand(ctx: _Context) -> int:
+    raise UsageError(f"{ctx.args.command} needs a subcommand", hint=f"see 'pybuild {ctx.args.command} --help'")
+
+
+def cmd_context_ls(ctx: _Context) -> int:
+    args = ctx.args
+    context = Path(args.context)
+    if not context.is_dir():
+        raise UsageError(f'unable to prepare context: path "{args.context}" not found')
+    listing = list_context(context, Path(args.file) if args.file else None, show_excluded=args.why)
+    if args.format == "json":
+        for row in listing.entries:
+            ctx.out.write(json.dumps(row.to_json(), ensure_ascii=False) + "\n")
+        return 0
+    source = str(listing.ignore_file) if listing.ignore_file else "no ignore file"
+    print(f"context {context} ({source})", file=sys.stderr)
+    header = ["PATH", "KIND", "SIZE"] + (["SENT", "WHY"] if args.why else [])
+    table = [header]
+    for row in listing.entries:
+        cells = [row.path, row.kind.value, _human_size(row.size) if row.kind.value == "file" else "-"]
+        if args.why:
+            cells += ["yes" if row.included else "no", row.reason]
+        table.append(cells)
+    _table(table, ctx.out)
     return 0
 
 
@@ -202,6 +314,15 @@ def cmd_inspect(ctx: _Context) -> int:
 # ---------------------------------------------------------------------------------------------------- parser
 
 _EXAMPLES = {
+    "context ls": """examples:
+  pybuild context ls .
+  pybuild context ls --why .
+  pybuild context ls --why -f build/app.Dockerfile --format json . | jq 'select(.Included|not)'""",
+    "build": """examples:
+  pybuild build --print-plan .
+  pybuild --print-plan --build-arg VERSION=1.2 --target runtime .
+  pybuild build --check -f docker/app.Dockerfile .
+  pybuild build --print-plan - < Dockerfile""",
     "import": """examples:
   pybuild import rootfs.tar -t mybase:1.0
   pybuild import rootfs.tar.zst -t mybase --change 'CMD ["sh"]' --change 'ENV LANG=C.UTF-8'
@@ -240,6 +361,40 @@ def _build_parser() -> _Parser:
         )
         sub.set_defaults(run=run)
         return sub
+
+    p = verb("build", "Plan a build from a Dockerfile (building images arrives in a later version)", cmd_build)
+    p.add_argument("context", metavar="CONTEXT", help="the build context directory, or - for a Dockerfile on stdin")
+    p.add_argument("-f", "--file", metavar="PATH", help="the Dockerfile (default: CONTEXT/Dockerfile; - for stdin)")
+    p.add_argument("-t", "--tag", action="append", default=[], metavar="NAME[:TAG]", help="name the image")
+    p.add_argument("--build-arg", action="append", default=[], metavar="NAME[=VALUE]", help="set a build argument")
+    p.add_argument("--target", metavar="STAGE", help="the stage to build (default: the last)")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="the target platform (default: this machine's)")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="add a label to the image")
+    p.add_argument("--build-context", action="append", default=[], metavar="NAME=VALUE", help="an extra named context")
+    p.add_argument("--print-plan", action="store_true", help="print the resolved build plan as JSON and stop")
+    p.add_argument("--check", action="store_true", help="run the build checks and stop (exit 1 on warnings)")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="--check output format")
+    p.add_argument("--progress", default="auto", choices=("auto", "tty", "plain", "quiet"), help="progress output")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the result")
+
+    p = verb("context", "Inspect build contexts", _no_subcommand)
+    context_verbs = p.add_subparsers(dest="context_command", metavar="COMMAND", parser_class=_Parser)
+    p = context_verbs.add_parser(
+        "ls",
+        help="List what a build would send, and why anything is left out",
+        description="List the files a build of CONTEXT would send, after .dockerignore. With --why, list the "
+        "excluded paths too, each with the ignore rule (file:line: pattern) that decided it.",
+        epilog=_EXAMPLES["context ls"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    p.set_defaults(run=cmd_context_ls)
+    p.add_argument("context", metavar="CONTEXT", help="the build context directory")
+    p.add_argument(
+        "-f", "--file", metavar="PATH", help="the Dockerfile (its PATH.dockerignore wins over .dockerignore)"
+    )
+    p.add_argument("--why", action="store_true", help="also list excluded paths, with the rule that decided each")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
 
     p = verb("import", "Create a one-layer image from a root filesystem tarball", cmd_import)
     p.add_argument("source", metavar="ROOTFS", help="a tar, tar.gz or tar.zst file, or - for standard input")
@@ -304,22 +459,38 @@ def _reference_filter(text: str) -> str:
     return value
 
 
-def _check_verb(parser: _Parser, argv: Sequence[str]) -> None:
-    """A clear message (with a suggestion) for a mistyped command, before argparse's generic one."""
+_GLOBAL_WITH_VALUE = ("--root",)
+_GLOBAL_FLAGS = ("--debug", "--version", "-h", "--help")
+
+
+def _with_default_verb(parser: _Parser, argv: Sequence[str]) -> list[str]:
+    """``pybuild -t app .`` means ``pybuild build -t app .``: build is the default verb.
+
+    A first argument that is neither an option nor a command nor an existing path but is close to a command's
+    name is a typo, and says so rather than being taken for a build context.
+    """
     known = set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
-    rest = list(argv)
-    while rest:
-        word = rest.pop(0)
-        if word == "--root":
-            rest = rest[1:]
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        word = args[i]
+        if word in _GLOBAL_WITH_VALUE:
+            i += 2
             continue
-        if word.startswith("-"):
+        if word in _GLOBAL_FLAGS or word.startswith("--root="):
+            if word in ("-h", "--help", "--version"):
+                return args
+            i += 1
             continue
-        if word not in known:
-            close = difflib.get_close_matches(word, sorted(known), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else "see 'pybuild --help'"
-            raise UsageError(f"unknown command {word!r}", hint=hint)
-        return
+        break
+    if i >= len(args) or args[i] in known:
+        return args
+    word = args[i]
+    if not word.startswith("-") and word != "-" and not os.path.exists(word):
+        close = difflib.get_close_matches(word, sorted(known), n=1)
+        if close:
+            raise UsageError(f"unknown command {word!r}", hint=f"did you mean '{close[0]}'?")
+    return args[:i] + ["build"] + args[i:]
 
 
 # ------------------------------------------------------------------------------------------------------- main
@@ -337,8 +508,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         signal.signal(signal.SIGTERM, _terminate)
     try:
         parser = _build_parser()
-        _check_verb(parser, argv)
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_with_default_verb(parser, argv))
         if args.command is None:
             parser.print_help(sys.stderr)
             return 2

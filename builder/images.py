@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from builder.errors import ImageNotFound
+from oci.config import ImageConfig
 from oci.descriptor import Descriptor, Platform
 from oci.digest import Digest
 from oci.errors import InvalidReference, OCIError
@@ -18,7 +19,7 @@ from oci.image import Image
 from oci.layout import ImageLayout
 from oci.reference import Reference
 
-__all__ = ["ImageSummary", "find_image", "inspect_image", "list_images"]
+__all__ = ["ImageSummary", "base_config", "find_image", "inspect_image", "list_images"]
 
 _ID_PREFIX = re.compile(r"(?:sha256:)?([a-f0-9]{1,64})")
 
@@ -126,3 +127,12 @@ def inspect_image(layout: ImageLayout, name: str, platform: Platform) -> dict[st
         "Size": image.size(),
         "Manifest": image.manifest.to_json(),
     }
+
+
+def base_config(layout: ImageLayout, ref: str, platform: Platform) -> ImageConfig | None:
+    """The config of a base image the store holds (by reference), or None if it holds none."""
+    try:
+        image, _ = find_image(layout, ref, platform)
+        return image.config
+    except (ImageNotFound, OCIError):
+        return None

@@ -109,6 +109,27 @@ def test_third_party_libraries_stay_in_their_module(path: Path) -> None:
             assert _rel(path) in homes, f"{_rel(path)} imports {library}; only {sorted(homes)} may"
 
 
+FRONTEND = [p for p in _modules("builder") if "frontend" in p.parts] + [REPO / "builder" / "plan.py"]
+
+
+@pytest.mark.parametrize("path", FRONTEND, ids=_rel)
+def test_the_front_end_and_the_plan_are_pure(path: Path) -> None:
+    """Bytes in, plan out: the front end reads no files, runs nothing, and knows no store or registry."""
+    for name in _imports(path):
+        parts = name.split(".")
+        if parts[0] == "builder":
+            assert parts[1] in ("errors", "frontend"), f"{_rel(path)} imports {name}"
+        elif parts[0] == "oci" and len(parts) > 1 and parts[1] in OCI_LEVELS:
+            assert OCI_LEVELS[parts[1]] <= PURE_LEVEL, f"{_rel(path)} imports {name}"
+        else:
+            assert parts[0] not in IMPURE_STDLIB | {"requests", "zstandard"}, f"{_rel(path)} imports {name}"
+    assert "open" not in _calls(path)
+
+
+def test_the_front_end_exists() -> None:
+    assert len(FRONTEND) >= 6
+
+
 @pytest.mark.parametrize("path", ALL, ids=_rel)
 def test_only_the_cli_prints_or_exits(path: Path) -> None:
     calls = _calls(path)

@@ -14,6 +14,7 @@ Every error raised while parsing an instruction gets that instruction's location
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -451,7 +452,7 @@ def _name_values(rest: str, keyword: str, escape: str) -> tuple[KeyValue, ...]:
     for word in words:
         key, eq, value = word.partition("=")
         if not eq:
-            raise DockerfileError(f"Syntax error - can't find = in {word!r}. Must be of the form: name=value")
+            raise DockerfileError(f"Syntax error - can't find = in {json.dumps(word)}. Must be of the form: name=value")
         if not key:
             raise DockerfileError(f"{keyword} names can not be blank")
         pairs.append(KeyValue(key, value))

@@ -76,7 +76,7 @@ class _Context:
         if not text:
             return host_platform()
         try:
-            return Platform.parse(text)
+            return Platform.parse(text, default=host_platform())
         except ValueError as err:
             raise UsageError(str(err)) from None
 

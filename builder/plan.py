@@ -20,7 +20,6 @@ printed without pulling, the stage says so and the checks that need it are skipp
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import posixpath
 import re
@@ -31,14 +30,14 @@ from typing import Any
 
 from builder.errors import DockerfileError
 from builder.frontend import instructions as ins
-from builder.frontend.checks import CheckConfig, Warning, file_checks, parse_check_directive, select
+from builder.frontend.checks import CheckConfig, Warning, file_checks, looks_secret, parse_check_directive, select
 from builder.frontend.dockerfile import Directives, DockerfileAST, Heredoc, parse_dockerfile, parse_heredoc_word
+from builder.frontend.gostyle import go_quote, go_quote_rune, suggest, with_suggestion
 from builder.frontend.runmount import MountSpec, parse_mount
 from builder.frontend.shell import Lexer
 from oci.config import Healthcheck, History, ImageConfig, RuntimeConfig
 from oci.descriptor import Platform
-from oci.digest import Digest
-from oci.errors import InvalidDigest, InvalidReference
+from oci.errors import InvalidReference
 from oci.frozen import FrozenMap
 from oci.reference import Reference
 
@@ -101,7 +100,7 @@ class Base:
 class Source:
     """Where COPY --from or a RUN mount reads: the build context, a stage, an image, or a named context."""
 
-    kind: str  # "context", "stage", "image" or "named-context"
+    kind: str  # "context", "stage", "image", "named-context", or for ADD "url" or "git"
     ref: str = ""
     stage: int = -1
 
@@ -179,7 +178,10 @@ class BuildPlan:
 
 def _value_json(value: Any) -> Any:
     if isinstance(value, Heredoc):
-        return {"name": value.name, "content": value.text, "expand": value.expand}
+        out: dict[str, Any] = {"name": value.name, "content": value.text, "expand": value.expand}
+        if value.chomp:
+            out["chomp"] = True
+        return out
     if isinstance(value, ins.CommandLine):
         return {"exec_form": value.exec_form, "args": list(value.args)}
     if isinstance(value, ins.KeyValue):
@@ -187,7 +189,8 @@ def _value_json(value: Any) -> Any:
     if isinstance(value, ins.ArgPair):
         return {"key": value.key, "default": value.default}
     if isinstance(value, MountSpec):
-        return {k: v for k, v in dataclasses.asdict(value).items() if v not in ("", None, 0, False) or k == "readonly"}
+        fields = dataclasses.asdict(value).items()
+        return {k.rstrip("_"): v for k, v in fields if v not in ("", None, 0, False) or k == "readonly"}
     if isinstance(value, Source):
         return {k: v for k, v in dataclasses.asdict(value).items() if v not in ("", -1)}
     if isinstance(value, tuple | list):
@@ -201,7 +204,7 @@ def _instruction_json(instruction: ins.Instruction) -> dict[str, Any]:
         if f.name in ("line", "end_line", "original", "written_keyword"):
             continue
         value = getattr(instruction, f.name)
-        if value in ("", (), None) and f.name not in ("name",):
+        if value in ("", (), None) or value is False:
             continue
         out[f.name.rstrip("_")] = _value_json(value)
     return out
@@ -229,11 +232,14 @@ def _step_json(step: Step) -> dict[str, Any]:
         "workdir": step.workdir,
         "user": step.user,
         "env": list(step.env),
-        "history": step.history,
         "layer": not step.empty_layer,
     }
+    if step.history:
+        out["history"] = step.history
     if step.build_args:
         out["build_args"] = {k: v for k, v in step.build_args}
+    if any(step.mount_sources):
+        out["mount_sources"] = [_value_json(s) if s is not None else None for s in step.mount_sources]
     for name in ("argv", "mounts", "proxy_env"):
         value = getattr(step, name)
         if value:
@@ -337,10 +343,26 @@ def _check_chmod(chmod: str) -> None:
         raise DockerfileError(f"invalid chmod parameter: '{chmod}'. it should be octal string and between 0 and 07777")
 
 
+def _check_digest(text: str) -> None:
+    """go-digest's Parse, with its messages."""
+    algorithm, colon, encoded = text.partition(":")
+    if not colon or not algorithm or not encoded:
+        raise DockerfileError("invalid checksum digest format")
+    lengths = {"sha256": 64, "sha384": 96, "sha512": 128}
+    if algorithm not in lengths:
+        if not re.fullmatch(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+", text):
+            raise DockerfileError("invalid checksum digest format")
+        raise DockerfileError("unsupported digest algorithm")
+    if len(encoded) != lengths[algorithm]:
+        raise DockerfileError("invalid checksum digest length")
+    if not re.fullmatch(r"[a-f0-9]+", encoded):
+        raise DockerfileError("invalid checksum digest format")
+
+
 def _check_signal(name: str) -> None:
     if name.isdigit():
         if int(name) == 0:
-            raise DockerfileError(f"Invalid signal: {name}")
+            raise DockerfileError(f"invalid signal: {name}")
         return
     upper = name.upper().removeprefix("SIG")
     if upper.startswith("RTMIN") or upper.startswith("RTMAX"):
@@ -348,32 +370,76 @@ def _check_signal(name: str) -> None:
         if match:
             return
     if not hasattr(signals, f"SIG{upper}") or upper in ("IGN", "DFL"):
-        raise DockerfileError(f"Invalid signal: {name}")
+        raise DockerfileError(f"invalid signal: {name}")
 
 
-def _port_specs(ports: Sequence[str]) -> list[str]:
-    """docker/go-connections nat.ParsePortSpecs, keeping the container ports."""
+def _port_number(text: str) -> int:
+    if text == "":
+        raise ValueError("value is empty")
+    if not re.fullmatch(r"[+-]?[0-9]+", text):
+        raise ValueError("invalid syntax")
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError("value out of range (0–65535)")
+    return port
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    if text == "":
+        raise ValueError("empty string specified for ports")
+    start, dash, end = text.partition("-")
+    first = _port_number(start)
+    if not dash or start == end:
+        return first, first
+    last = _port_number(end)
+    if last < first:
+        raise ValueError(f"invalid port range: {text}")
+    return first, last
+
+
+def _port_specs(ports: Sequence[str], warn: Callable[[str, str], None]) -> list[str]:
+    """BuildKit's portSpecs.parsePorts: ``[ip:][hostPort:]containerPort[/proto]`` to "port/proto" strings."""
     result = []
-    for spec in ports:
-        raw, _, proto = spec.partition("/")
-        proto = proto.lower() or "tcp"
-        if proto not in ("tcp", "udp", "sctp"):
-            raise DockerfileError(f"invalid proto: {proto}")
-        container = raw.rsplit(":", 1)[-1]
-        low, dash, high = container.partition("-")
-        if not low.isdigit() or (dash and not high.isdigit()):
-            raise DockerfileError(f"invalid containerPort: {container}")
-        first, last = int(low), int(high) if dash else int(low)
-        if first > 65535 or last > 65535 or last < first:
-            raise DockerfileError(f"invalid containerPort: {container}")
-        result.extend(f"{p}/{proto}" for p in range(first, last + 1))
+    for raw in ports:
+        parts = raw.split(":")
+        ip, host, container = (
+            ("", "", parts[0])
+            if len(parts) == 1
+            else ("", parts[0], parts[1])
+            if len(parts) == 2
+            else (":".join(parts[:-2]), parts[-2], parts[-1])
+        )
+        port, _, proto = container.partition("/")
+        if port == "":
+            raise DockerfileError(f"invalid port: {go_quote(raw)}: no port specified")
+        if proto.lower() not in ("", "tcp", "udp", "sctp"):
+            raise DockerfileError(f"invalid port: {go_quote(raw)}: invalid proto: {proto}")
+        if proto != proto.lower():
+            warn("ExposeProtoCasing", f"Defined protocol '{raw}' in EXPOSE instruction should be lowercase")
+        if ip or host:
+            warn(
+                "ExposeInvalidFormat",
+                f"EXPOSE instruction should not define an IP address or host-port mapping, found '{raw}'",
+            )
+        try:
+            first, last = _port_range(port)
+        except ValueError:
+            raise DockerfileError(f"invalid containerPort: {port}") from None
+        if host:
+            try:
+                host_first, host_last = _port_range(host)
+            except ValueError:
+                raise DockerfileError(f"invalid hostPort: {host}") from None
+            if last - first != host_last - host_first and last != first:
+                raise DockerfileError(f"invalid ranges specified for container and host Ports: {port} and {host}")
+        result.extend(f"{n}/{(proto or 'tcp').lower()}" for n in range(first, last + 1))
     return result
 
 
 def _healthcheck_history(h: Healthcheck) -> str:
     test = _go_list(h.test, quoted=True)
     durations = " ".join(_go_quote(go_duration(d)) for d in (h.interval, h.timeout, h.start_period, h.start_interval))
-    return f"HEALTHCHECK &{{{test} {durations} {h.retries}}}"
+    return f"HEALTHCHECK &{{{test} {durations} {go_quote_rune(h.retries)}}}"
 
 
 def _is_url(source: str) -> bool:
@@ -489,18 +555,21 @@ class _Planner:
         by_name: dict[str, int] = {}
         for stage in stages:
             start = stage.start
-            expanded = self._expand_global(start.base, meta, declared, start.line)
+            expanded, _ = self._expand_global(start.base, meta, declared, start.line)
             if expanded == "":
                 raise self.fail(f"base name ({start.base}) should not be blank", start.line)
             platform = self.options.target_platform
             if start.platform:
-                value = self._expand_global(start.platform, meta, declared, start.line, platform_flag=start)
+                value, unmatched = self._expand_global(start.platform, meta, declared, start.line, platform_flag=start)
+                options = sorted(meta)
                 if value == "":
-                    raise self.fail(f"empty platform value from expression {start.platform}", start.line)
+                    message = f"empty platform value from expression {start.platform}"
+                    raise self.fail(_suggest_any(message, unmatched, options), start.line)
                 try:
-                    platform = Platform.parse(value)
+                    platform = Platform.parse(value, default=self.options.build_platform)
                 except ValueError as err:
-                    raise self.fail(f"failed to parse platform {start.platform}: {err}", start.line) from None
+                    reason = _suggest_any(str(err), unmatched, options)
+                    raise self.fail(f"failed to parse platform {start.platform}: {reason}", start.line) from None
             if start.name and start.name in self.options.contexts:
                 base = Base("context", start.name, config_known=False)
             elif expanded in by_name:
@@ -512,8 +581,9 @@ class _Planner:
             else:
                 try:
                     ref = Reference.parse(expanded)
-                except InvalidReference as err:
-                    raise self.fail(f'failed to parse stage name "{expanded}": {err}', start.line) from None
+                except InvalidReference:
+                    reason = _reference_error(expanded)
+                    raise self.fail(f"failed to parse stage name {go_quote(expanded)}: {reason}", start.line) from None
                 base = Base("image", str(ref))
             infos.append(_StageInfo(stage, base, platform))
             if start.name:
@@ -522,14 +592,13 @@ class _Planner:
 
     def _expand_global(
         self, word: str, meta: dict[str, str], declared: set[str], line: int, platform_flag: ins.From | None = None
-    ) -> str:
+    ) -> tuple[str, frozenset[str]]:
         try:
             result = self.lexer.expand(word, meta)
         except DockerfileError as err:
             raise err.located(self.path, line) from None
         for name in sorted(result.unmatched - declared):
-            close = _suggest(name, sorted(declared))
-            message = f"FROM argument '{name}' is not declared" + (f" (did you mean {close}?)" if close else "")
+            message = with_suggestion(f"FROM argument '{name}' is not declared", name, sorted(declared))
             self.warnings.append(Warning("UndefinedArgInFrom", message, line))
         if platform_flag is not None:
             if result.matched == {"TARGETPLATFORM"} and not result.unmatched and result.value == meta["TARGETPLATFORM"]:
@@ -542,7 +611,7 @@ class _Planner:
                 )
             if not result.matched and not result.unmatched:
                 try:
-                    constant = Platform.parse(result.value)
+                    constant = Platform.parse(result.value, default=self.options.build_platform)
                 except ValueError:
                     constant = None
                 name = platform_flag.name
@@ -550,11 +619,11 @@ class _Planner:
                     self.warnings.append(
                         Warning(
                             "FromPlatformFlagConstDisallowed",
-                            f'FROM --platform flag should not use constant value "{result.value}"',
+                            f"FROM --platform flag should not use constant value {go_quote(result.value)}",
                             line,
                         )
                     )
-        return result.value
+        return result.value, result.unmatched
 
     def _check_default_bases(self, stages: Sequence[ins.Stage], global_args: Sequence[ins.Arg]) -> None:
         try:
@@ -594,8 +663,8 @@ class _Planner:
             return Source("named-context", value)
         try:
             return Source("image", str(Reference.parse(value)))
-        except InvalidReference as err:
-            raise self.fail(f"invalid from flag value {value}: {err}", line) from None
+        except InvalidReference:
+            raise self.fail(f"invalid from flag value {value}: {_reference_error(value)}", line) from None
 
     def link(self, infos: list[_StageInfo]) -> None:
         for info in infos:
@@ -628,30 +697,30 @@ class _Planner:
                         info.deps.setdefault(source.stage, instruction.line)
 
     def check_cycles(self, infos: list[_StageInfo]) -> None:
+        """BuildKit's validateCircularDependency: walk from each stage in order; report the stage the walk
+        started from, at the first instruction on the path that closes the cycle."""
         visited: set[int] = set()
-        on_path: list[int] = []
 
-        def visit(index: int) -> tuple[int, int] | None:
-            if index in on_path:
-                return index, 0
+        def visit(index: int, on_path: list[int], lines: list[int]) -> list[int] | None:
             if index in visited:
                 return None
             visited.add(index)
             on_path.append(index)
             for dep, line in sorted(infos[index].deps.items()):
+                path_lines = lines + [line]
                 if dep in on_path:
-                    return index, line
-                found = visit(dep)
+                    return path_lines
+                found = visit(dep, on_path, path_lines)
                 if found is not None:
                     return found
             on_path.pop()
             return None
 
         for info in infos:
-            found = visit(info.stage.index)
+            found = visit(info.stage.index, [], [])
             if found is not None:
-                name = infos[info.stage.index].stage.name or f"stage-{info.stage.index}"
-                raise self.fail(f"circular dependency detected on stage: {name}", found[1] or info.stage.start.line)
+                name = info.stage.name or f"stage-{info.stage.index}"
+                raise self.fail(f"circular dependency detected on stage: {name}", found[0])
 
     def reachable(self, infos: list[_StageInfo], target: int) -> list[int]:
         seen: set[int] = set()
@@ -689,7 +758,7 @@ class _Planner:
         declared = {key for key, _ in state.build_args}
         options = sorted(state.env.mapping())
         for name in sorted(unmatched - declared):
-            close = _suggest(name, options)
+            close = suggest(name, options)
             message = f"Usage of undefined variable '${name}'" + (f" (did you mean ${close}?)" if close else "")
             self.warnings.append(Warning("UndefinedVar", message, line))
 
@@ -702,6 +771,8 @@ class _Planner:
             config = self.base_configs(base.ref, info.platform)
         known = base.kind == "scratch" or config is not None
         runtime = config.config if config is not None else RuntimeConfig()
+        if base.kind == "scratch":
+            runtime = RuntimeConfig(working_dir="/")  # BuildKit's emptyImage
         image_env = list(runtime.env)
         if known and not any(e.split("=", 1)[0] == "PATH" for e in image_env):
             image_env.append(f"PATH={DEFAULT_PATH}")
@@ -819,6 +890,7 @@ class _Planner:
                 for pair in expanded.pairs:
                     if pair.legacy:
                         self._legacy(expanded, line)
+                    self._secret_name("ENV", pair.key, line)
                     state.env.set(pair.key, pair.value)
                     _replace_env(state.image_env, pair.key, pair.value)
                 history = "ENV " + " ".join(f"{p.key}={p.value}" for p in expanded.pairs)
@@ -857,7 +929,7 @@ class _Planner:
                 return self._dispatch_command(state, expanded)
             if isinstance(expanded, ins.Healthcheck):
                 if state.healthcheck_line:
-                    self._multiple("HEALTHCHECK", state.healthcheck_line)
+                    self._multiple(expanded.written_keyword or "HEALTHCHECK", state.healthcheck_line)
                 state.healthcheck_line = line
                 health = Healthcheck(
                     expanded.test,
@@ -870,9 +942,11 @@ class _Planner:
                 state.config = replace(config, healthcheck=health)
                 return self._step(state, expanded, _healthcheck_history(health), True)
             if isinstance(expanded, ins.Expose):
-                ports = _port_specs(expanded.ports)
+                ports = _port_specs(
+                    expanded.ports, lambda rule, message: self.warnings.append(Warning(rule, message, line))
+                )
                 state.config = replace(config, exposed_ports=tuple(sorted(set(config.exposed_ports) | set(ports))))
-                history = "EXPOSE map[" + " ".join(f"{p}:{{}}" for p in sorted(set(ports))) + "]"
+                history = "EXPOSE " + _go_list(ports, quoted=False)
                 return self._step(state, replace(expanded, ports=tuple(ports)), history, True)
             if isinstance(expanded, ins.Volume):
                 state.config = replace(config, volumes=tuple(sorted(set(config.volumes) | set(expanded.paths))))
@@ -895,9 +969,14 @@ class _Planner:
         raise AssertionError(f"no dispatch for {type(instruction).__name__}")  # pragma: no cover
 
     def _legacy(self, instruction: ins.Instruction, line: int) -> None:
-        name = instruction.keyword
+        name = instruction.written_keyword or instruction.keyword
         message = f'"{name} key=value" should be used instead of legacy "{name} key value" format'
         self.warnings.append(Warning("LegacyKeyValueFormat", message, line))
+
+    def _secret_name(self, instruction: str, key: str, line: int) -> None:
+        if looks_secret(key):
+            message = f"Do not use ARG or ENV instructions for sensitive data ({instruction} {go_quote(key)})"
+            self.warnings.append(Warning("SecretsUsedInArgOrEnv", message, line))
 
     def _multiple(self, name: str, previous_line: int) -> None:
         message = (
@@ -909,6 +988,7 @@ class _Planner:
         pairs = []
         for pair in arg.pairs:
             key = pair.key
+            self._secret_name("ARG", key, arg.line)
             build_args = self.options.build_args
             value: str | None
             if key in build_args:
@@ -953,8 +1033,8 @@ class _Planner:
             if parse_heredoc_word(args[0]) is not None:
                 body = run.heredocs[0]
                 if body.content.startswith("#!"):
-                    script = body
-                    argv: tuple[str, ...] = (posixpath.join("/dev/pipes", body.name),)
+                    script = body  # written to /dev/pipes/NAME (mode 0755) and run through the shell
+                    argv: tuple[str, ...] = (*shell, posixpath.join("/dev/pipes", body.name))
                 else:
                     argv = (*shell, body.text)
             else:
@@ -986,6 +1066,10 @@ class _Planner:
         line = copy.line
         is_add = isinstance(copy, ins.Add)
         source = info.sources.get(position, Source("context"))
+        if is_add and copy.sources and all(_is_url(s) for s in copy.sources):
+            source = Source("url")
+        elif is_add and copy.sources and all(_is_git(s) for s in copy.sources):
+            source = Source("git")
         if source.kind == "stage" and source.stage >= info.stage.index:
             current = info.stage.name or f"stage-{info.stage.index}"
             raise DockerfileError(
@@ -1003,11 +1087,8 @@ class _Planner:
             if _is_url(src) and not is_add:
                 raise DockerfileError("source can't be a URL for COPY")
         if isinstance(copy, ins.Add) and copy.checksum:
-            try:
-                Digest.parse(copy.checksum)
-            except InvalidDigest:
-                if not (_is_git(copy.sources[0]) if copy.sources else False):
-                    raise DockerfileError("invalid checksum digest format") from None
+            if not (copy.sources and _is_git(copy.sources[0])):
+                _check_digest(copy.checksum)
             if len(copy.sources) != 1:
                 raise DockerfileError("checksum can't be specified for multiple sources")
             if not (_is_url(copy.sources[0]) or _is_git(copy.sources[0])):
@@ -1035,24 +1116,25 @@ class _Planner:
     def _dispatch_command(self, state: _StageState, command: ins.Cmd | ins.Entrypoint) -> Step:
         config = state.config
         name = command.keyword
+        written = command.written_keyword or name
         line = command.line
         if not command.command.exec_form and not config.shell:
             self.warnings.append(
                 Warning(
                     "JSONArgsRecommended",
-                    f"JSON arguments recommended for {name} to prevent unintended behavior related to OS signals",
+                    f"JSON arguments recommended for {written} to prevent unintended behavior related to OS signals",
                     line,
                 )
             )
         argv = command.command.argv(config.shell or DEFAULT_SHELL)
         if isinstance(command, ins.Cmd):
             if state.cmd_line:
-                self._multiple("CMD", state.cmd_line)
+                self._multiple(written, state.cmd_line)
             state.cmd_line = line
             state.config = replace(config, cmd=argv, args_escaped=True)
         else:
             if state.entrypoint_line:
-                self._multiple("ENTRYPOINT", state.entrypoint_line)
+                self._multiple(written, state.entrypoint_line)
             state.entrypoint_line = line
             state.config = replace(config, entrypoint=argv, cmd=config.cmd if state.cmd_line else None)
         return self._step(state, command, f"{name} {_go_list(argv, quoted=True)}", True, argv=argv)
@@ -1116,9 +1198,28 @@ def _replace_env(env: list[str], key: str, value: str) -> None:
     env.append(f"{key}={value}")
 
 
-def _suggest(name: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, options, n=1, cutoff=0.7)
-    return close[0] if close else ""
+def _suggest_any(message: str, names: frozenset[str], options: Sequence[str]) -> str:
+    """BuildKit's wrapSuggestAny: a suggestion for the first unmatched name that has one."""
+    for name in sorted(names):
+        close = suggest(name, options)
+        if close:
+            return f"{message} (did you mean {close}?)"
+    return message
+
+
+def _reference_error(text: str) -> str:
+    """distribution/reference's ParseNormalizedNamed messages."""
+    if re.fullmatch(r"[a-f0-9]{64}", text):
+        return f"invalid repository name ({text}), cannot specify 64-byte hexadecimal strings"
+    first, slash, rest = text.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
+        remainder = rest
+    else:
+        remainder = text if "/" in text else f"library/{text}"
+    remote = remainder.split("@", 1)[0].split(":", 1)[0]
+    if remote.lower() != remote:
+        return f"invalid reference format: repository name ({remote}) must be lowercase"
+    return "invalid reference format"
 
 
 def plan_build(ast: DockerfileAST, options: PlanOptions, base_configs: BaseConfigs = _no_configs) -> BuildPlan:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from builder.errors import ContextError, UsageError
+from builder.platforms import host_platform
 from oci.descriptor import Platform
 from oci.frozen import FrozenMap
 
@@ -121,6 +122,6 @@ def parse_platform(text: str | None) -> Platform | None:
     if "," in text:
         raise UsageError("building for several platforms at once is not supported yet (give one --platform)")
     try:
-        return Platform.parse(text)
+        return Platform.parse(text, default=host_platform())
     except ValueError as err:
         raise UsageError(str(err)) from None

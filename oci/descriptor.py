@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -18,6 +19,14 @@ __all__ = ["Descriptor", "Platform", "REF_NAME", "string_map", "string_list"]
 #: The annotation that names a tag in an image layout's index.json.
 REF_NAME = "org.opencontainers.image.ref.name"
 
+_COMPONENT = re.compile(r"^[A-Za-z0-9_-]+$")
+_KNOWN_OS = frozenset(
+    "aix android darwin dragonfly freebsd hurd illumos ios js linux nacl netbsd openbsd plan9 solaris windows zos".split()
+)
+_KNOWN_ARCH = frozenset(
+    "386 amd64 amd64p32 arm armbe arm64 arm64be ppc64 ppc64le loong64 mips mipsle mips64 mips64le mips64p32 "
+    "mips64p32le ppc riscv riscv64 s390 s390x sparc sparc64 wasm".split()
+)
 # containerd's normalizeArch: name -> (architecture, variant implied by the name)
 _ARCH_ALIASES = {
     "i386": ("386", ""),
@@ -38,12 +47,30 @@ class Platform:
     os_features: tuple[str, ...] = ()
 
     @classmethod
-    def parse(cls, text: str) -> Platform:
-        """Parse ``os/arch[/variant]`` as given to ``--platform``; names are normalised as containerd does."""
-        parts = text.strip().lower().split("/")
-        if len(parts) not in (2, 3) or not all(parts):
-            raise ValueError(f"invalid platform {text!r}: expected os/arch[/variant]")
-        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else "").normalized()
+    def parse(cls, text: str, default: Platform | None = None) -> Platform:
+        """Parse a platform specifier as containerd does: ``os/arch[/variant]``, or a lone OS or architecture
+        completed from ``default`` (the machine's platform). Names are normalised."""
+        if "*" in text:
+            raise ValueError(f'"{text}": wildcards not yet supported: invalid argument')
+        parts = text.split("/")
+        for part in parts:
+            if not _COMPONENT.fullmatch(part):
+                raise ValueError(
+                    f'"{part}" is an invalid component of "{text}": platform specifier component must match '
+                    f'"{_COMPONENT.pattern}": invalid argument'
+                )
+        parts = [part.lower() for part in parts]
+        if len(parts) == 1:
+            name = parts[0]
+            if name in _KNOWN_OS and default is not None:
+                return cls(name, default.architecture, default.variant).normalized()
+            arch = _ARCH_ALIASES.get(name, (name, ""))[0]
+            if arch in _KNOWN_ARCH and default is not None:
+                return cls(default.os, name).normalized()
+            raise ValueError(f'"{text}": unknown operating system or architecture: invalid argument')
+        if len(parts) in (2, 3):
+            return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else "").normalized()
+        raise ValueError(f'"{text}": cannot parse platform specifier: invalid argument')
 
     def normalized(self) -> Platform:
         arch, implied = _ARCH_ALIASES.get(self.architecture, (self.architecture, ""))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from builder.errors import DockerfileError
 from builder.frontend.dockerfile import DockerfileAST
-from builder.frontend.instructions import Arg, Env, From, Instruction, Maintainer, Stage
+from builder.frontend.instructions import Arg, From, Instruction, Maintainer, Stage
 
 __all__ = ["RULES", "CheckConfig", "Rule", "Warning", "file_checks", "parse_check_directive"]
 
@@ -130,8 +130,9 @@ def file_checks(ast: DockerfileAST, stages: Sequence[Stage], global_args: Sequen
     warnings: list[Warning] = []
     for raw in ast.instructions:
         if raw.empty_continuation:
-            warnings.append(Warning("NoEmptyContinuation", "Empty continuation line", raw.start_line))
-    everything: list[Instruction] = [*global_args]
+            warnings.append(Warning("NoEmptyContinuation", "Empty continuation line", raw.empty_continuation))
+    # BuildKit counts casing over the stages only: ARGs before the first FROM are not in them.
+    everything: list[Instruction] = []
     for stage in stages:
         everything.append(stage.start)
         everything.extend(stage.instructions)
@@ -158,12 +159,6 @@ def file_checks(ast: DockerfileAST, stages: Sequence[Stage], global_args: Sequen
                     instruction.line,
                 )
             )
-        if isinstance(instruction, Arg | Env):
-            keys = [p.key for p in instruction.pairs]
-            for key in keys:
-                if looks_secret(key):
-                    message = f'Do not use ARG or ENV instructions for sensitive data ({instruction.keyword} "{key}")'
-                    warnings.append(Warning("SecretsUsedInArgOrEnv", message, instruction.line))
     seen: set[str] = set()
     for stage in stages:
         start: From = stage.start

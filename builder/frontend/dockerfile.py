@@ -9,7 +9,12 @@ given a line-for-line copy of the text in which those places are neutralised, an
 - a whitespace-only line inside a continuation ends the instruction for dockerfile-parse but is skipped by
   BuildKit (with a warning): such lines become ``#``, which both skip;
 - an instruction continued at end of file is dropped by dockerfile-parse: a blank line is added to close it;
+- a line ending in an escaped escape token (``\\``), or in the escape token and whitespace other than spaces
+  and tabs, continues for dockerfile-parse but not for BuildKit: such lines are given a trailing ``#``;
 - a UTF-8 byte-order mark is removed.
+
+dockerfile-parse's answer is used for that grouping only; the text of each instruction is joined here from the
+original lines, as BuildKit joins it.
 
 Heredocs (``<<EOF``, ``<<-EOF``, ``<<"EOF"``, several per line) are this module's own: after an instruction
 that may carry them (RUN, COPY, ADD, and ONBUILD of those, in shell form), the following lines up to each
@@ -47,7 +52,7 @@ _DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
 _KNOWN_DIRECTIVES = ("syntax", "escape", "check")
 _HEREDOC_WORD = re.compile(r"^(\d*)<<(-?)([^<]*)$")
 _HEREDOC_KEYWORDS = ("RUN", "COPY", "ADD")
-_FLAG_LEXER = Lexer(escape="\\", raw_quotes=True, raw_escapes=True, skip_unset=True)
+_LINE_LEXER = Lexer(escape="\\", raw_quotes=True, raw_escapes=True, skip_unset=True)
 _HEREDOC_LEXER = Lexer(escape="\\", skip_unset=True)
 _HEREDOC_RAW_LEXER = Lexer(escape="\\", raw_quotes=True, skip_unset=True)
 
@@ -89,7 +94,7 @@ class RawInstruction:
     start_line: int
     end_line: int
     heredocs: tuple[Heredoc, ...] = ()
-    empty_continuation: bool = False
+    empty_continuation: int = 0  # the line BuildKit reports a blank continuation line at (0: none)
 
     def json_args(self) -> list[str] | None:
         """The arguments as a JSON array of strings (exec form), None if they are not one.
@@ -111,13 +116,24 @@ def parse_json_array(text: str) -> list[str] | None:
     if not text.startswith("["):
         return None
     try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        return None
+        value = json.loads(text, parse_constant=_not_json, parse_float=_finite_float)
+    except (ValueError, RecursionError):
+        return None  # Go's decoder refuses NaN, Infinity and out-of-range numbers: then it is not JSON
     if not isinstance(value, list):
         return None
     if not all(isinstance(item, str) for item in value):
         raise DockerfileError("when using JSON array syntax, arrays must be comprised of strings only")
+    return value
+
+
+def _not_json(name: str) -> float:
+    raise ValueError(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(text)
     return value
 
 
@@ -132,6 +148,35 @@ def _lines(text: str) -> list[str]:
 
 def _strip_newline(line: str) -> str:
     return line.rstrip("\r\n")
+
+
+def _continues(line: str, escape: str) -> bool:
+    """BuildKit's line-continuation test: the escape token last (spaces and tabs may follow), not escaped."""
+    return _continuation(escape).search(_strip_newline(line)) is not None
+
+
+def _continuation(escape: str) -> re.Pattern[str]:
+    e = re.escape(escape)
+    return re.compile(rf"([^{e}]){e}[ \t]*$|^{e}[ \t]*$")
+
+
+def _is_comment(line: str) -> bool:
+    return _strip_newline(line).lstrip().startswith("#")
+
+
+def _join(lines: list[str], start: int, end: int, escape: str) -> str:
+    """The logical line of an instruction on physical lines ``start..end``, joined as BuildKit joins it:
+    comment and blank continuation lines skipped, each continuation token removed."""
+    pattern = _continuation(escape)
+    text = ""
+    for index in range(start, end + 1):
+        line = _strip_newline(lines[index])
+        if index == start:
+            line = line.lstrip()
+        elif _is_comment(line) or not line.strip():
+            continue
+        text += pattern.sub(r"\1", line)
+    return text
 
 
 def _read_directives(lines: list[str], path: str) -> tuple[Directives, int]:
@@ -162,8 +207,15 @@ def _shadow(lines: list[str], directives: Directives, directive_lines: int) -> b
     for index, line in enumerate(lines):
         if index < directive_lines or not line.strip():
             shadow.append("#\n")
-        else:
-            shadow.append(line if line.endswith("\n") else line + "\n")
+            continue
+        body = _strip_newline(line)
+        if (
+            not _is_comment(line)
+            and body.rstrip().endswith(directives.escape)
+            and not _continues(line, directives.escape)
+        ):
+            body += " #"  # dockerfile-parse would continue this line; BuildKit does not
+        shadow.append(body + "\n")
     if directives.escape != "\\":
         shadow[0] = f"# escape={directives.escape}\n"
     shadow.append("\n")  # closes an instruction continued at end of file
@@ -197,13 +249,17 @@ def parse_heredoc_word(word: str) -> Heredoc | None:
 def _heredoc_openers(keyword: str, rest: str, line: str) -> list[Heredoc]:
     target = keyword
     if keyword == "ONBUILD":
-        target, _, rest = rest.strip().partition(" ")
-        target = target.upper()
-        _, rest = _split_flags(rest)
-    if target not in _HEREDOC_KEYWORDS or parse_json_array(rest) is not None:
-        return []
+        parts = rest.split(None, 1)
+        target = parts[0].upper() if parts else ""
+        _, rest = _split_flags(parts[1] if len(parts) > 1 else "")
+    try:
+        if target not in _HEREDOC_KEYWORDS or parse_json_array(rest) is not None:
+            return []
+        words = _LINE_LEXER.expand(line, {}).words
+    except DockerfileError:
+        return []  # BuildKit ignores what its lexer cannot read here (``${#VAR}``, an odd quote): no heredoc
     openers = []
-    for word in _FLAG_LEXER.expand(line, {}).words:
+    for word in words:
         heredoc = parse_heredoc_word(word)
         if heredoc is not None:
             openers.append(heredoc)
@@ -273,7 +329,7 @@ def parse_dockerfile(data: bytes | str, path: str = "Dockerfile") -> DockerfileA
     for index, line in enumerate(lines):
         if "\0" in line:
             raise DockerfileError("a NUL byte is not allowed in a Dockerfile", path=path, line=index + 1)
-        if len(line.encode("utf-8")) - 1 > MAX_LINE_BYTES:
+        if len(line.removesuffix("\n").encode("utf-8")) > MAX_LINE_BYTES:
             raise DockerfileError(
                 f"dockerfile line greater than max allowed size of {MAX_LINE_BYTES}", path=path, line=index + 1
             )
@@ -287,12 +343,13 @@ def parse_dockerfile(data: bytes | str, path: str = "Dockerfile") -> DockerfileA
         start, end = entry["startline"], min(entry["endline"], len(lines) - 1)
         if start <= consumed_until:
             continue  # dockerfile-parse's reading of a heredoc body
-        first = _strip_newline(lines[start]).lstrip()
-        keyword_as_written = first.split(None, 1)[0]
-        value = entry["value"].strip()
+        logical = _join(lines, start, end, directives.escape).strip()
+        parts = re.split(r"[\t\v\f\r ]+", logical, maxsplit=1)
+        keyword_as_written = parts[0]
+        value = parts[1] if len(parts) > 1 else ""
         flags, rest = _split_flags(value)
-        original = f"{keyword_as_written} {value}".strip()
-        empty_continuation = any(not lines[i].strip() for i in range(start + 1, end + 1))
+        original = logical
+        empty_continuation = end + 1 if any(not lines[i].strip() for i in range(start + 1, end + 1)) else 0
         keyword = keyword_as_written.upper()
         location_line = start + 1
         try:

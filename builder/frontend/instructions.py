@@ -13,8 +13,6 @@ Every error raised while parsing an instruction gets that instruction's location
 
 from __future__ import annotations
 
-import difflib
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -22,6 +20,7 @@ from typing import ClassVar, TypeVar
 
 from builder.errors import DockerfileError
 from builder.frontend.dockerfile import DockerfileAST, Heredoc, RawInstruction, parse_heredoc_word, parse_json_array
+from builder.frontend.gostyle import go_quote, parse_duration, with_suggestion
 from builder.frontend.runmount import check_mount_syntax
 
 __all__ = [
@@ -59,17 +58,6 @@ T = TypeVar("T", bound="Instruction")
 
 _WHITESPACE = re.compile(r"[\t\v\f\r ]+")
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9\-_.]*$")
-_DURATION = re.compile(r"([0-9]*(?:\.[0-9]*)?)([a-zµμ]+)")
-_DURATION_UNITS = {
-    "ns": 1,
-    "us": 1_000,
-    "µs": 1_000,
-    "μs": 1_000,
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60_000_000_000,
-    "h": 3_600_000_000_000,
-}
 
 
 # ------------------------------------------------------------------------------------------------ values
@@ -337,25 +325,23 @@ class _Flags:
             name, eq, value = word[2:].partition("=")
             kind = self._kinds.get(name)
             if kind is None:
-                close = difflib.get_close_matches(name, list(self._kinds), n=1, cutoff=0.6)
-                suggestion = f" (did you mean {close[0]}?)" if close else ""
-                raise DockerfileError(f"unknown flag: {name}{suggestion}")
+                raise DockerfileError(with_suggestion(f"unknown flag: --{name}", name, self._kinds))
             if name in self.used and kind != "strings":
-                raise DockerfileError(f"duplicate flag specified: {name}")
+                raise DockerfileError(f"duplicate flag specified: --{name}")
             self.used.add(name)
             if kind == "bool":
                 if eq and value == "":
-                    raise DockerfileError(f"missing a value on flag: {name}")
+                    raise DockerfileError(f"missing a value on flag: --{name}")
                 lowered = value.lower()
                 if lowered == "":
                     self.values[name] = "true"
                 elif lowered in ("true", "false"):
                     self.values[name] = lowered
                 else:
-                    raise DockerfileError(f"expecting boolean value for flag {name}, not: {value}")
+                    raise DockerfileError(f"expecting boolean value for flag --{name}, not: {value}")
             else:
                 if not eq:
-                    raise DockerfileError(f"missing a value on flag: {name}")
+                    raise DockerfileError(f"missing a value on flag: --{name}")
                 if kind == "strings":
                     self.lists.setdefault(name, []).append(value)
                 else:
@@ -452,44 +438,21 @@ def _name_values(rest: str, keyword: str, escape: str) -> tuple[KeyValue, ...]:
     for word in words:
         key, eq, value = word.partition("=")
         if not eq:
-            raise DockerfileError(f"Syntax error - can't find = in {json.dumps(word)}. Must be of the form: name=value")
+            raise DockerfileError(f"Syntax error - can't find = in {go_quote(word)}. Must be of the form: name=value")
         if not key:
             raise DockerfileError(f"{keyword} names can not be blank")
         pairs.append(KeyValue(key, value))
     return tuple(pairs)
 
 
-def parse_duration(text: str, flag: str) -> int:
-    """Go's time.ParseDuration, in nanoseconds; "" is 0. Refuses less than 1ms, as BuildKit does."""
+def _interval(text: str, flag: str) -> int:
+    """A HEALTHCHECK duration: Go's syntax; zero means unset; anything else at least 1ms (BuildKit)."""
     if text == "":
         return 0
-    rest = text
-    sign = 1
-    if rest[:1] in "+-":
-        sign = -1 if rest[0] == "-" else 1
-        rest = rest[1:]
-    if rest == "0":
-        return 0
-    total = 0.0
-    pos = 0
-    if not rest:
-        raise DockerfileError(f'time: invalid duration "{text}"')
-    while pos < len(rest):
-        match = _DURATION.match(rest, pos)
-        if match is None or match.group(1) in ("", ".") or match.group(2) not in _DURATION_UNITS:
-            if match is not None and match.group(1) not in ("", ".") and match.group(2):
-                raise DockerfileError(f'time: unknown unit "{match.group(2)}" in duration "{text}"')
-            if match is not None and match.group(1) not in ("", ".") and not match.group(2):
-                raise DockerfileError(f'time: missing unit in duration "{text}"')
-            raise DockerfileError(f'time: invalid duration "{text}"')
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    nanoseconds = int(round(total)) * sign
-    if nanoseconds == 0:
-        return 0
-    if nanoseconds < 1_000_000:
-        raise DockerfileError(f'Interval "{flag}" cannot be less than 1ms')
-    return nanoseconds
+    value = parse_duration(text)
+    if value != 0 and value < 1_000_000:
+        raise DockerfileError(f"Interval {go_quote(flag)} cannot be less than 1ms")
+    return value
 
 
 def _heredoc_sources(
@@ -535,7 +498,7 @@ def _parse_from(raw: RawInstruction, escape: str) -> From:
         name = args[2].lower()
         if not _STAGE_NAME.match(name):
             raise DockerfileError(
-                f"invalid name for build stage: {args[2]!r}, name can't start with a number or contain symbols"
+                f"invalid name for build stage: {go_quote(args[2])}, name can't start with a number or contain symbols"
             )
     elif len(args) != 1:
         raise DockerfileError("FROM requires either one or three arguments")
@@ -552,14 +515,12 @@ def _parse_run(raw: RawInstruction, escape: str) -> Run:
     flags.add("security", "string")
     flags.parse()
     args, exec_form = _maybe_json(raw.rest)
-    if not args and not raw.heredocs:
-        raise DockerfileError("RUN requires at least one argument")
     network = flags.string("network")
     if "network" in flags.used and network not in ("default", "none", "host"):
-        raise DockerfileError(f"unsupported network mode {network!r}")
+        raise DockerfileError(f"invalid network mode {go_quote(network)}")
     security = flags.string("security")
     if "security" in flags.used and security not in ("sandbox", "insecure"):
-        raise DockerfileError(f"unsupported security mode {security!r}")
+        raise DockerfileError(f"security {go_quote(security)} is not valid")
     mounts = tuple(flags.lists.get("mount", ()))
     for mount in mounts:
         check_mount_syntax(mount)
@@ -615,7 +576,7 @@ def _parse_arg(raw: RawInstruction, escape: str) -> Arg:
     words = parse_words(raw.rest, escape)
     if not words:
         raise DockerfileError("ARG requires at least one argument")
-    _no_flags(raw)
+    # BuildKit never parses ARG's flags: they are ignored, not refused.
     pairs = []
     for word in words:
         key, eq, value = word.partition("=")
@@ -666,8 +627,7 @@ def _parse_user(raw: RawInstruction, escape: str) -> User:
 
 
 def _parse_stopsignal(raw: RawInstruction, escape: str) -> StopSignal:
-    signal = _exactly_one(raw)
-    _no_flags(raw)
+    signal = _exactly_one(raw)  # BuildKit never parses STOPSIGNAL's flags: they are ignored
     return StopSignal(signal=signal, **_common(raw))  # type: ignore[arg-type]
 
 
@@ -678,15 +638,14 @@ def _parse_maintainer(raw: RawInstruction, escape: str) -> Maintainer:
 
 
 def _parse_healthcheck(raw: RawInstruction, escape: str) -> Healthcheck:
-    kind, _, rest = raw.rest.strip().partition(" ")
-    rest = rest.strip()
-    if not kind:
+    parts = raw.rest.split(None, 1)
+    if not parts:
         raise DockerfileError("HEALTHCHECK requires at least one argument")
-    kind = kind.upper()
+    kind = parts[0].upper()
+    rest = parts[1].strip() if len(parts) > 1 else ""
     if kind == "NONE":
         if rest:
             raise DockerfileError("HEALTHCHECK NONE takes no arguments")
-        _no_flags(raw)
         return Healthcheck(test=("NONE",), **_common(raw))  # type: ignore[arg-type]
     flags = _Flags(raw.flags)
     for name in ("interval", "timeout", "start-period", "start-interval", "retries"):
@@ -702,16 +661,18 @@ def _parse_healthcheck(raw: RawInstruction, escape: str) -> Healthcheck:
     retries = 0
     if retries_text:
         if not re.fullmatch(r"[+-]?[0-9]+", retries_text):
-            raise DockerfileError(f'strconv.ParseInt: parsing "{retries_text}": invalid syntax')
+            raise DockerfileError(f"strconv.ParseInt: parsing {go_quote(retries_text)}: invalid syntax")
         retries = int(retries_text)
+        if not -(2**31) <= retries < 2**31:
+            raise DockerfileError(f"strconv.ParseInt: parsing {go_quote(retries_text)}: value out of range")
         if retries < 0:
             raise DockerfileError(f"--retries cannot be negative ({retries})")
     return Healthcheck(
         test=test,
-        interval=parse_duration(flags.string("interval"), "interval"),
-        timeout=parse_duration(flags.string("timeout"), "timeout"),
-        start_period=parse_duration(flags.string("start-period"), "start-period"),
-        start_interval=parse_duration(flags.string("start-interval"), "start-interval"),
+        interval=_interval(flags.string("interval"), "interval"),
+        timeout=_interval(flags.string("timeout"), "timeout"),
+        start_period=_interval(flags.string("start-period"), "start-period"),
+        start_interval=_interval(flags.string("start-interval"), "start-interval"),
         retries=retries,
         **_common(raw),  # type: ignore[arg-type]
     )
@@ -830,10 +791,9 @@ def parse_instruction(raw: RawInstruction, escape: str = "\\", path: str = "Dock
     parser = _PARSERS.get(raw.keyword)
     try:
         if parser is None:
-            close = difflib.get_close_matches(raw.keyword, KEYWORDS, n=1, cutoff=0.6)
-            suggestion = f" (did you mean {close[0].lower()}?)" if close else ""
             written = raw.original.split(None, 1)[0] if raw.original else raw.keyword
-            raise DockerfileError(f"unknown instruction: {written}{suggestion}")
+            message = f"unknown instruction: {written}"
+            raise DockerfileError(with_suggestion(message, written, KEYWORDS, case_sensitive=False))
         return parser(raw, escape)
     except DockerfileError as err:
         raise err.located(path, raw.start_line) from None

@@ -1,21 +1,22 @@
 """``RUN --mount=...`` specifications: parsed and checked as BuildKit does.
 
-A mount is a CSV list of ``key=value`` fields (plus the bare words ``ro``, ``rw`` and ``required``). The syntax
-is checked when the Dockerfile is parsed (``check_mount_syntax``); values may hold variables, so the full check
-runs on the expanded text when the plan reaches the step (``parse_mount``). ``from`` never expands: BuildKit
-refuses a variable there ("define alias stage instead").
+A mount is one CSV record (read as Go's encoding/csv reads it) of ``key=value`` fields plus the bare words
+``ro``, ``rw`` and ``required``. Fields are taken in the order written, as BuildKit takes them, so ``required``
+before ``type=secret`` is refused there too. The syntax is checked when the Dockerfile is parsed
+(``check_mount_syntax``); values may hold variables, so the full check runs on each value after expansion when
+the plan reaches the step (``parse_mount``). ``from`` never expands: BuildKit refuses a variable there
+("define alias stage instead").
 """
 
 from __future__ import annotations
 
-import csv
-import difflib
 import posixpath
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from builder.errors import DockerfileError
+from builder.frontend.gostyle import go_quote, with_suggestion
 
 __all__ = ["MOUNT_TYPES", "MountSpec", "check_mount_syntax", "parse_mount"]
 
@@ -25,25 +26,25 @@ _KEYS = (
     "type",
     "from",
     "source",
-    "src",
     "target",
-    "dst",
-    "destination",
     "readonly",
-    "ro",
-    "readwrite",
-    "rw",
     "id",
     "sharing",
     "required",
     "mode",
     "uid",
     "gid",
+    "src",
+    "dst",
+    "ro",
+    "rw",
+    "readwrite",
+    "destination",
     "env",
     "size",
 )
 _BARE = ("readonly", "ro", "readwrite", "rw", "required")
-_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([kmgtp]?)(i?b?)$", re.IGNORECASE)
+_SIZE = re.compile(r"^(\d+(?:\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?$")  # go-units RAMInBytes
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
 _VARIABLE = re.compile(r"\$.")
 
@@ -65,17 +66,52 @@ class MountSpec:
     size: int = 0
 
 
-def _fields(value: str) -> list[str]:
-    try:
-        rows = list(csv.reader([value], strict=True))
-    except csv.Error as err:
-        raise DockerfileError(f"failed to parse csv mounts: {err}") from None
-    return rows[0] if rows else []
+def _csv_error(column: int, problem: str) -> DockerfileError:
+    return DockerfileError(f"failed to parse csv mounts: parse error on line 1, column {column}: {problem}")
+
+
+def _csv_record(value: str) -> list[str]:
+    """One record, as Go's csv.Reader reads it (a quote inside an unquoted field is an error)."""
+    if value == "":
+        raise DockerfileError("failed to parse csv mounts: EOF")
+    fields_: list[str] = []
+    i, n = 0, len(value)
+    while True:
+        if i < n and value[i] == '"':
+            i += 1
+            text: list[str] = []
+            while True:
+                if i >= n:
+                    raise _csv_error(n + 1, 'extraneous or missing " in quoted-field')
+                if value[i] == '"':
+                    if i + 1 < n and value[i + 1] == '"':
+                        text.append('"')
+                        i += 2
+                        continue
+                    i += 1
+                    break
+                text.append(value[i])
+                i += 1
+            if i < n and value[i] != ",":
+                raise _csv_error(i + 1, 'extraneous or missing " in quoted-field')
+            fields_.append("".join(text))
+        else:
+            end = value.find(",", i)
+            end = n if end < 0 else end
+            field = value[i:end]
+            quote = field.find('"')
+            if quote >= 0:
+                raise _csv_error(i + quote + 1, 'bare " in non-quoted-field')
+            fields_.append(field)
+            i = end
+        if i >= n:
+            return fields_
+        i += 1  # the comma
 
 
 def check_mount_syntax(value: str) -> None:
     """What can be checked before expansion: CSV, ``key=value`` shape, known keys, no variable in ``from``."""
-    for field in _fields(value):
+    for field in _csv_record(value):
         key, eq, rest = field.partition("=")
         key = key.lower()
         if not eq:
@@ -83,101 +119,95 @@ def check_mount_syntax(value: str) -> None:
                 raise DockerfileError(f"invalid field '{field}' must be a key=value pair")
             continue
         if key not in _KEYS:
-            close = difflib.get_close_matches(key, _KEYS, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise DockerfileError(f"unexpected key '{key}' in '{field}'{hint}")
+            raise DockerfileError(with_suggestion(f"unexpected key '{key}' in '{field}'", key, _KEYS))
         if key == "from" and _VARIABLE.search(rest):
-            raise DockerfileError("'from' doesn't support variable expansion, define alias stage instead")
+            raise DockerfileError(f"'{key}' doesn't support variable expansion, define alias stage instead")
 
 
 def _bool(key: str, value: str) -> bool:
-    lowered = value.lower()
-    if lowered in ("1", "t", "true"):
+    # Go's strconv.ParseBool
+    if value in ("1", "t", "T", "TRUE", "true", "True"):
         return True
-    if lowered in ("0", "f", "false"):
+    if value in ("0", "f", "F", "FALSE", "false", "False"):
         return False
     raise DockerfileError(f"invalid value for {key}: {value}")
 
 
 def _uint(key: str, value: str, base: int) -> int:
-    try:
-        number = int(value, base)
-    except ValueError:
-        raise DockerfileError(f"invalid value {value} for {key}") from None
-    if number < 0 or number >= 2**32:
+    digits = "01234567" if base == 8 else "0123456789"
+    if not value or any(c not in digits for c in value) or int(value, base) >= 2**32:
         raise DockerfileError(f"invalid value {value} for {key}")
-    return number
+    return int(value, base)
 
 
 def _size(value: str) -> int:
-    match = _SIZE.match(value.strip())
+    match = _SIZE.match(value)
     if match is None:
-        raise DockerfileError(f"invalid size {value!r} for tmpfs mount")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+        raise DockerfileError(f"invalid value for size: {value}")
+    return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()])
 
 
 def parse_mount(value: str, expand: Callable[[str], str] = str) -> MountSpec:
     """A fully checked mount; ``expand`` is applied to each field's value (never to ``from``)."""
     check_mount_syntax(value)
-    fields = []
-    for field in _fields(value):
-        key, eq, rest = field.partition("=")
-        fields.append(f"{key}={expand(rest)}" if eq and key.lower() != "from" else field)
-    kind = "bind"
-    for field in fields:
-        key, eq, rest = field.partition("=")
-        if eq and key.lower() == "type":
-            kind = rest.lower()
-            if kind not in MOUNT_TYPES:
-                close = difflib.get_close_matches(kind, MOUNT_TYPES, n=1)
-                hint = f" (did you mean {close[0]}?)" if close else ""
-                raise DockerfileError(f"unsupported mount type {rest!r}{hint}")
-    values: dict[str, object] = {"type": kind}
+    spec = MountSpec()
     readonly_set = False
-    for field in fields:
+    for field in _csv_record(value):
         key, eq, rest = field.partition("=")
         key = key.lower()
-        if key == "type":
+        if not eq:
+            if key in ("readonly", "ro"):
+                spec, readonly_set = replace(spec, readonly=True), True
+            elif key in ("readwrite", "rw"):
+                spec, readonly_set = replace(spec, readonly=False), True
+            elif spec.type in ("secret", "ssh"):  # "required"
+                spec = replace(spec, required=True)
+            else:
+                raise DockerfileError(f"unexpected key 'required' for mount type '{spec.type}'")
             continue
-        if key in ("readonly", "ro"):
-            values["readonly"] = _bool(key, rest) if eq else True
-            readonly_set = True
-        elif key in ("readwrite", "rw"):
-            values["readonly"] = not (_bool(key, rest) if eq else True)
-            readonly_set = True
-        elif key == "required":
-            if kind not in ("secret", "ssh"):
-                raise DockerfileError(f"unexpected key 'required' for mount type '{kind}'")
-            values["required"] = _bool(key, rest) if eq else True
+        if key != "from":
+            rest = expand(rest)
+        if key == "type":
+            kind = rest.lower()
+            if kind not in MOUNT_TYPES:
+                raise DockerfileError(with_suggestion(f"unsupported mount type {go_quote(rest)}", rest, MOUNT_TYPES))
+            spec = replace(spec, type=kind)
         elif key == "from":
-            values["from_"] = rest
+            spec = replace(spec, from_=rest)
         elif key in ("source", "src"):
-            values["source"] = rest
+            spec = replace(spec, source=rest)
         elif key in ("target", "dst", "destination"):
-            values["target"] = rest
+            spec = replace(spec, target=rest)
+        elif key in ("readonly", "ro"):
+            spec, readonly_set = replace(spec, readonly=_bool(key, rest)), True
+        elif key in ("readwrite", "rw"):
+            spec, readonly_set = replace(spec, readonly=not _bool(key, rest)), True
+        elif key == "required":
+            if spec.type not in ("secret", "ssh"):
+                raise DockerfileError(f"unexpected key '{key}' for mount type '{spec.type}'")
+            spec = replace(spec, required=_bool(key, rest))
         elif key == "id":
-            values["id"] = rest
+            spec = replace(spec, id=rest)
         elif key == "sharing":
             if rest.lower() not in _SHARING:
-                raise DockerfileError(f"unsupported sharing value {rest!r}")
-            values["sharing"] = rest.lower()
+                raise DockerfileError(with_suggestion(f"unsupported sharing value {go_quote(rest)}", rest, _SHARING))
+            spec = replace(spec, sharing=rest.lower())
         elif key == "mode":
-            values["mode"] = _uint("mode", rest, 8)
+            spec = replace(spec, mode=_uint("mode", rest, 8))
         elif key == "uid":
-            values["uid"] = _uint("uid", rest, 10)
+            spec = replace(spec, uid=_uint("uid", rest, 10))
         elif key == "gid":
-            values["gid"] = _uint("gid", rest, 10)
+            spec = replace(spec, gid=_uint("gid", rest, 10))
         elif key == "env":
-            if kind != "secret":
-                raise DockerfileError(f"unexpected key 'env' for mount type '{kind}'")
-            values["env"] = rest
+            if spec.type != "secret":
+                raise DockerfileError(f"unexpected key '{key}' for mount type '{spec.type}'")
+            spec = replace(spec, env=rest)
         elif key == "size":
-            if kind != "tmpfs":
-                raise DockerfileError(f"unexpected key 'size' for mount type '{kind}'")
-            values["size"] = _size(rest)
+            if spec.type != "tmpfs":
+                raise DockerfileError(f"unexpected key '{key}' for mount type '{spec.type}'")
+            spec = replace(spec, size=_size(rest))
     if not readonly_set:
-        values["readonly"] = kind not in ("cache", "tmpfs")
-    spec = MountSpec(**values)  # type: ignore[arg-type]
+        spec = replace(spec, readonly=spec.type not in ("cache", "tmpfs"))
     return _check(spec)
 
 
@@ -186,25 +216,21 @@ def _check(spec: MountSpec) -> MountSpec:
     file_info = kind in ("secret", "ssh", "cache")
     for name, value in (("mode", spec.mode), ("uid", spec.uid), ("gid", spec.gid)):
         if value is not None and not file_info:
-            raise DockerfileError(f"{name} not allowed for {kind!r} type mounts")
+            raise DockerfileError(f"{name} not allowed for {go_quote(kind)} type mounts")
     if spec.sharing and kind != "cache":
         raise DockerfileError(f"invalid cache sharing set for {kind} mount")
     if kind in ("bind", "cache", "tmpfs") and not spec.target:
-        raise DockerfileError(f"mount type {kind!r} needs a target")
+        raise DockerfileError(f"mount type {go_quote(kind)} needs a target")
     if kind == "secret":
         if spec.from_:
             raise DockerfileError("secret mount should not have a from")
-        if not (spec.id or spec.target or spec.env):
+        if not (spec.id or spec.source or spec.target or spec.env):
             raise DockerfileError("invalid secret mount. one of id, target or env is required")
         if spec.source and spec.id:
             raise DockerfileError("both source and id can't be set")
         secret_id = spec.id or spec.source or posixpath.basename(spec.target)
         target = spec.target or ("" if spec.env else f"/run/secrets/{secret_id}")
-        return MountSpec(**{**_as_dict(spec), "id": secret_id, "source": "", "target": target})
+        return replace(spec, id=secret_id, source="", target=target)
     if kind == "ssh":
-        return MountSpec(**{**_as_dict(spec), "id": spec.id or "default"})
+        return replace(spec, id=spec.id or "default")
     return spec
-
-
-def _as_dict(spec: MountSpec) -> dict[str, object]:
-    return {name: getattr(spec, name) for name in MountSpec.__slots__}  # type: ignore[attr-defined]

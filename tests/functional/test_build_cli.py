@@ -71,7 +71,7 @@ def test_dockerfile_errors_are_one_line_with_the_location(tmp_path: Path) -> Non
     context = project(tmp_path, "FROM scratch\nRUN true\nCOPPY a b\n")
     result = run_pybuild("--print-plan", str(context))
     assert result.code == 1
-    assert last_error(result) == f"pybuild: {context / 'Dockerfile'}:3: unknown instruction: COPPY (did you mean copy?)"
+    assert last_error(result) == f"pybuild: {context / 'Dockerfile'}:3: unknown instruction: COPPY (did you mean COPY?)"
 
 
 def test_warnings_go_to_stderr_and_unused_build_args_are_named(tmp_path: Path) -> None:

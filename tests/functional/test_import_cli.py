@@ -162,7 +162,7 @@ def test_a_hostile_rootfs_is_refused(tmp_path: Path, store_root: Path) -> None:
     [
         (("import", "x.tar", "Bad:Name"), "must be lowercase"),
         (("import", "x.tar", "-t", "a@sha256:" + "0" * 64), "digest"),
-        (("import", "x.tar", "--platform", "linux"), "invalid platform"),
+        (("import", "x.tar", "--platform", "linux/amd64!"), "invalid component"),
         (("import", "x.tar", "--change", "RUN x"), "not supported"),
         (("import", "x.tar", "--compression", "lz4"), "unknown compression"),
         (("imagse",), "did you mean 'images'"),

@@ -374,7 +374,6 @@ def test_platform_parse_arm_defaults_to_v7() -> None:
         ("linux/amd64/v1", Platform("linux", "amd64")),
         ("linux/amd64/v3", Platform("linux", "amd64", "v3")),
         ("Linux/AMD64", Platform("linux", "amd64")),
-        (" linux/riscv64 ", Platform("linux", "riscv64")),
     ],
 )
 def test_platform_parse_normalises_like_containerd(text: str, expected: Platform) -> None:

@@ -1,0 +1,156 @@
+"""Go's formatting, so pybuild's messages and history strings read exactly as BuildKit's.
+
+``go_quote`` is strconv.Quote (what ``%q`` prints for a string), ``go_quote_rune`` is what ``%q`` prints for an
+integer (a quoted rune), ``suggest`` is BuildKit's util/suggest (Levenshtein distance below 3, matching the
+case of what was typed), and ``parse_duration`` is time.ParseDuration with its error messages.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable
+
+from builder.errors import DockerfileError
+
+__all__ = ["go_quote", "go_quote_rune", "levenshtein", "parse_duration", "suggest", "with_suggestion"]
+
+_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v", "\\": "\\\\"}
+
+
+def _printable(ch: str) -> bool:
+    """Go's unicode.IsPrint: letters, marks, numbers, punctuation, symbols and the ASCII space."""
+    if ch == " ":
+        return True
+    return unicodedata.category(ch)[0] in "LMNPS"
+
+
+def _escape(ch: str, quote: str) -> str:
+    if ch == quote:
+        return "\\" + ch
+    if ch in _ESCAPES:
+        return _ESCAPES[ch]
+    if _printable(ch):
+        return ch
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte kept by surrogateescape
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def go_quote(text: str) -> str:
+    return '"' + "".join(_escape(ch, '"') for ch in text) + '"'
+
+
+def go_quote_rune(value: int) -> str:
+    """``%q`` of an integer: a single-quoted rune ('\\x03' for 3, '\\n' for 10, 'A' for 65)."""
+    if not 0 <= value <= 0x10FFFF or 0xD800 <= value <= 0xDFFF:
+        return "'\\ufffd'"
+    return "'" + _escape(chr(value), "'") + "'"
+
+
+def levenshtein(a: str, b: str) -> int:
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def _match_case(option: str, typed: str) -> str:
+    if typed == typed.lower():
+        return option.lower()
+    if typed == typed.upper():
+        return option.upper()
+    return option
+
+
+def suggest(value: str, options: Iterable[str], case_sensitive: bool = True) -> str | None:
+    """The closest option within 2 edits, or None; an exact match means there is nothing to suggest."""
+    typed = value
+    if not case_sensitive:
+        value = value.lower()
+    match = None
+    best = 3
+    for option in options:
+        candidate = option if case_sensitive else option.lower()
+        if candidate == value:
+            return None
+        distance = levenshtein(value, candidate)
+        if distance < best:
+            match = candidate if case_sensitive else _match_case(candidate, typed)
+            best = distance
+    return match
+
+
+def with_suggestion(message: str, value: str, options: Iterable[str], case_sensitive: bool = True) -> str:
+    close = suggest(value, options, case_sensitive)
+    return f"{message} (did you mean {close}?)" if close else message
+
+
+_UNITS = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,  # U+00B5
+    "μs": 1_000,  # U+03BC
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
+_MAX_INT64 = (1 << 63) - 1
+
+
+def parse_duration(text: str) -> int:
+    """Go's time.ParseDuration, in nanoseconds."""
+    original = text
+    invalid = DockerfileError(f"time: invalid duration {go_quote(original)}")
+    negative = False
+    if text[:1] in ("-", "+"):
+        negative = text[0] == "-"
+        text = text[1:]
+    if text == "0":
+        return 0
+    if text == "":
+        raise invalid
+    total = 0
+    while text:
+        i = 0
+        while i < len(text) and text[i].isascii() and text[i].isdigit():
+            i += 1
+        whole = text[:i]
+        text = text[i:]
+        fraction = ""
+        if text.startswith("."):
+            text = text[1:]
+            j = 0
+            while j < len(text) and text[j].isascii() and text[j].isdigit():
+                j += 1
+            fraction = text[:j]
+            text = text[j:]
+        if not whole and not fraction:
+            raise invalid
+        j = 0
+        while j < len(text) and text[j] != "." and not (text[j].isascii() and text[j].isdigit()):
+            j += 1
+        unit = text[:j]
+        text = text[j:]
+        if not unit:
+            raise DockerfileError(f"time: missing unit in duration {go_quote(original)}")
+        if unit not in _UNITS:
+            raise DockerfileError(f"time: unknown unit {go_quote(unit)} in duration {go_quote(original)}")
+        scale = _UNITS[unit]
+        value = int(whole or "0") * scale
+        if fraction:
+            value += int(fraction) * scale // 10 ** len(fraction)
+        total += value
+        if total > _MAX_INT64 + (1 if negative else 0):
+            raise invalid
+    return -total if negative else total

@@ -21,7 +21,8 @@ REF_NAME = "org.opencontainers.image.ref.name"
 
 _COMPONENT = re.compile(r"^[A-Za-z0-9_-]+$")
 _KNOWN_OS = frozenset(
-    "aix android darwin dragonfly freebsd hurd illumos ios js linux nacl netbsd openbsd plan9 solaris windows zos".split()
+    "aix android darwin dragonfly freebsd hurd illumos ios js linux nacl netbsd openbsd plan9 solaris windows "
+    "zos".split()
 )
 _KNOWN_ARCH = frozenset(
     "386 amd64 amd64p32 arm armbe arm64 arm64be ppc64 ppc64le loong64 mips mipsle mips64 mips64le mips64p32 "

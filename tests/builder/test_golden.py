@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import IN_CI, TESTDATA
 
 from builder.errors import DockerfileError
 from builder.plan import BuildPlan, PlanOptions, plan_dockerfile
 from oci.descriptor import Platform
 from oci.frozen import FrozenMap
-from conftest import IN_CI, TESTDATA
 
 POSITIVE = TESTDATA / "dockerfiles"
 NEGATIVE = TESTDATA / "dockerfiles-negative"

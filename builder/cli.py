@@ -168,6 +168,13 @@ def cmd_build(ctx: _Context) -> int:
             hint="use --print-plan or --check",
         )
     plan = _plan(ctx, request, all_stages=args.check and not request.target)
+    syntax = plan.directives.syntax
+    if syntax and not args.quiet:
+        print(
+            f"NOTE: {plan.path}:{plan.directives.syntax_line}: syntax={syntax} is noted and not fetched: "
+            "pybuild reads Dockerfile syntax 1.x with its own front end",
+            file=sys.stderr,
+        )
     if args.check:
         return _report_checks(ctx, plan)
     for warning in plan.warnings:

@@ -190,3 +190,11 @@ def test_context_ls_dockerfile_specific_ignore_file_wins(tmp_path: Path) -> None
 def test_context_without_subcommand_is_usage(tmp_path: Path) -> None:
     result = run_pybuild("context")
     assert result.code == 2
+
+
+def test_syntax_directive_is_noted_not_fetched(tmp_path: Path) -> None:
+    context = project(tmp_path)  # its Dockerfile starts with "# syntax=docker/dockerfile:1"
+    result = run_pybuild("--print-plan", str(context))
+    assert result.code == 0
+    assert f"NOTE: {context / 'Dockerfile'}:1: syntax=docker/dockerfile:1 is noted and not fetched" in result.err
+    assert "NOTE" not in run_pybuild("--print-plan", "-q", str(context)).err

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from builder.errors import DockerfileError
+from builder.frontend.gostyle import go_quote
 
 __all__ = ["MAX_NESTING", "MAX_WORD_CHARS", "Expansion", "Lexer"]
 
@@ -83,7 +84,7 @@ class Lexer:
         try:
             value, words = scan.run()
         except _LexError as err:
-            raise DockerfileError(f"failed to process {_go_quote(word)}: {err}") from None
+            raise DockerfileError(f"failed to process {go_quote(word)}: {err}") from None
         return Expansion(value, words, frozenset(scan.matched), frozenset(scan.unmatched))
 
     def expand_word(self, word: str, env: Mapping[str, str]) -> str:
@@ -466,27 +467,6 @@ def _template_ref(template: str, i: int) -> tuple[bool, int] | None:
         stop += 1
     # Go reads the name as a group number only if it is all ASCII digits with no leading zero; group 0 is the match.
     return name == "0", stop
-
-
-def _go_quote(text: str) -> str:
-    """``text`` as Go's %q prints it, since BuildKit quotes the word in its error messages this way."""
-    named = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
-    out = ['"']
-    for ch in text:
-        if ch in ('"', "\\"):
-            out.append("\\" + ch)
-        elif ch in named:
-            out.append(named[ch])
-        elif ch.isprintable():
-            out.append(ch)
-        elif ord(ch) < 0x80:
-            out.append(f"\\x{ord(ch):02x}")
-        elif ord(ch) < 0x10000:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(f"\\U{ord(ch):08x}")
-    out.append('"')
-    return "".join(out)
 
 
 # Pattern tokens: a one-character string is that literal character.

@@ -39,10 +39,12 @@ class Compression(enum.Enum):
 
     @classmethod
     def parse(cls, text: str) -> Compression:
+        """``gzip``, ``zstd``, ``none``, or buildx's name for none, ``uncompressed``; any case."""
+        name = text.lower()
         try:
-            return cls(text.lower())
+            return cls("none" if name == "uncompressed" else name)
         except ValueError:
-            raise ValueError(f"unknown compression {text!r} (expected gzip, zstd or none)") from None
+            raise ValueError(f"unknown compression {text!r} (expected gzip, zstd or uncompressed)") from None
 
 
 def sniff(prefix: bytes) -> Compression:

@@ -225,13 +225,20 @@ def test_compression_error_is_an_oci_error() -> None:
 
 @pytest.mark.parametrize(
     ("text", "kind"),
-    [("gzip", Compression.GZIP), ("ZSTD", Compression.ZSTD), ("none", Compression.NONE), ("Gzip", Compression.GZIP)],
+    [
+        ("gzip", Compression.GZIP),
+        ("ZSTD", Compression.ZSTD),
+        ("none", Compression.NONE),
+        ("Gzip", Compression.GZIP),
+        ("uncompressed", Compression.NONE),  # buildx's name for it (--output compression=uncompressed)
+        ("Uncompressed", Compression.NONE),
+    ],
 )
 def test_compression_parse(text: str, kind: Compression) -> None:
     assert Compression.parse(text) is kind
 
 
-@pytest.mark.parametrize("text", ["", "gz", "bzip2", "xz", " gzip", "uncompressed"])
+@pytest.mark.parametrize("text", ["", "gz", "bzip2", "xz", " gzip", "estargz", "uncompress"])
 def test_compression_parse_refuses_unknown_names(text: str) -> None:
     with pytest.raises(ValueError, match="unknown compression"):
         Compression.parse(text)

@@ -30,7 +30,10 @@ from oci.errors import DigestMismatch, LayerError, LimitExceeded, UnsafeEntry
 from oci.layer import OPAQUE, WHITEOUT_PREFIX
 from oci.tarformat import EntryType, TarEntry, TarReader, encode_name
 
-__all__ = ["ApplyLimits", "ApplyResult", "apply_layer", "remove_tree"]
+__all__ = ["OVERLAY_OPAQUE", "ApplyLimits", "ApplyResult", "apply_layer", "remove_tree"]
+
+#: The attribute that marks an overlayfs directory as opaque (it hides what lower directories hold there).
+OVERLAY_OPAQUE = "trusted.overlay.opaque"
 
 _CHUNK = 1 << 20
 _MAX_SYMLINKS = 40
@@ -82,16 +85,20 @@ def apply_layer(
     expected_diff_id: Digest | None = None,
     limits: ApplyLimits = ApplyLimits(),
     same_owner: bool | None = None,
+    overlay: bool = False,
 ) -> ApplyResult:
     """Apply the (possibly compressed) layer in ``stream`` onto the directory ``root``.
 
-    ``same_owner`` sets file owners from the archive; by default only when running as root.
+    ``same_owner`` sets file owners from the archive; by default only when running as root. With ``overlay``,
+    ``root`` is an empty directory that is to hold this layer alone, as an overlayfs lower directory: whiteouts
+    become overlayfs whiteouts (a 0/0 character device) and opaque markers the ``trusted.overlay.opaque``
+    attribute, instead of deleting anything.
     """
     if same_owner is None:
         same_owner = os.geteuid() == 0
     _, plain = decompress_stream(stream)
     hashing = _HashingReader(plain, limits)
-    applier = _Applier(os.fsencode(root), limits, same_owner)
+    applier = _Applier(os.fsencode(root), limits, same_owner, overlay)
     try:
         reader = TarReader(hashing)  # type: ignore[arg-type]
         for entry, data in reader:
@@ -128,10 +135,11 @@ def _clean(name: str, limits: ApplyLimits) -> tuple[str, ...]:
 
 
 class _Applier:
-    def __init__(self, root: bytes, limits: ApplyLimits, same_owner: bool) -> None:
+    def __init__(self, root: bytes, limits: ApplyLimits, same_owner: bool, overlay: bool = False) -> None:
         self._root_fd = os.open(root, _DIR_FLAGS)
         self._limits = limits
         self._same_owner = same_owner
+        self._overlay = overlay
         # Paths this layer wrote, and the directories on the way to them (whiteouts and opaque markers only
         # hide what lower layers left).
         self._created: set[tuple[str, ...]] = set()
@@ -271,12 +279,25 @@ class _Applier:
         if entry.type is not EntryType.FILE and entry.type is not EntryType.HARDLINK:
             raise UnsafeEntry(f"{entry.path!r}: a whiteout must be a plain file")
         if name == OPAQUE:
-            self._opaque(parts[:-1])
+            if self._overlay:
+                parent = self._parent(parts[:-1], create=True)
+                assert parent is not None
+                os.setxattr(f"/proc/self/fd/{parent}", OVERLAY_OPAQUE, b"y")
+                self._ancestors.add(parts[:-1])
+            else:
+                self._opaque(parts[:-1])
             return
         target = name[len(WHITEOUT_PREFIX) :]
         if target in ("", ".", ".."):
             raise UnsafeEntry(f"{entry.path!r}: invalid whiteout name")
         victim = parts[:-1] + (target,)
+        if self._overlay:
+            parent = self._parent(parts[:-1], create=True)
+            assert parent is not None
+            self._remove(parent, target)
+            os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=parent)
+            self._created.add(victim)
+            return
         if victim in self._created:
             return  # a whiteout only hides what lower layers left
         parent = self._parent(parts[:-1], create=False)

@@ -28,13 +28,16 @@ OCI_LEVELS = {
     "store": 7,
     "image": 7,
     "layout": 8,
+    "docker_archive": 8,
 }
 PURE_LEVEL = 3  # levels 0..3 do no I/O
 IMPURE_STDLIB = {"os", "pathlib", "shutil", "subprocess", "socket", "tempfile", "fcntl", "sqlite3", "urllib", "http"}
-THIRD_PARTY_HOME = {"requests": {"oci/registry.py"}, "zstandard": {"oci/compression.py"}}
+# requests: registries (oci/registry.py) and ADD's downloads (builder/fetch.py) are the only HTTP clients.
+THIRD_PARTY_HOME = {"requests": {"oci/registry.py", "builder/fetch.py"}, "zstandard": {"oci/compression.py"}}
 # Only these modules write to the terminal or end the process.
-PRINTERS = {"builder/cli.py", "builder/progress.py"}
-EXITERS = {"builder/cli.py", "builder/__main__.py"}
+# The sandbox is its own program (python -m builder.sandbox): its standard error is the step's output.
+PRINTERS = {"builder/cli.py", "builder/progress.py", "builder/sandbox.py"}
+EXITERS = {"builder/cli.py", "builder/__main__.py", "builder/sandbox.py"}
 
 
 def _modules(package: str) -> list[Path]:

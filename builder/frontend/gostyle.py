@@ -2,17 +2,29 @@
 
 ``go_quote`` is strconv.Quote (what ``%q`` prints for a string), ``go_quote_rune`` is what ``%q`` prints for an
 integer (a quoted rune), ``suggest`` is BuildKit's util/suggest (Levenshtein distance below 3, matching the
-case of what was typed), and ``parse_duration`` is time.ParseDuration with its error messages.
+case of what was typed), ``parse_duration`` is time.ParseDuration with its error messages, and ``path_match``
+is path/filepath.Match (COPY's wildcards).
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable
+from functools import lru_cache
 
 from builder.errors import DockerfileError
 
-__all__ = ["go_quote", "go_quote_rune", "levenshtein", "parse_duration", "suggest", "with_suggestion"]
+__all__ = [
+    "go_quote",
+    "go_quote_rune",
+    "has_wildcards",
+    "levenshtein",
+    "parse_duration",
+    "path_match",
+    "suggest",
+    "with_suggestion",
+]
 
 _ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v", "\\": "\\\\"}
 
@@ -154,3 +166,82 @@ def parse_duration(text: str) -> int:
         if total > _MAX_INT64 + (1 if negative else 0):
             raise invalid
     return -total if negative else total
+
+
+# ------------------------------------------------------------------------------------------- filepath.Match
+
+
+def has_wildcards(name: str) -> bool:
+    """fsutil's containsWildcards: an unescaped ``*``, ``?`` or ``[``."""
+    i = 0
+    while i < len(name):
+        if name[i] == "\\":
+            i += 2
+            continue
+        if name[i] in "*?[":
+            return True
+        i += 1
+    return False
+
+
+@lru_cache(maxsize=256)
+def _match_regex(pattern: str) -> re.Pattern[str] | None:
+    """``pattern`` as a regular expression, or None when Go would report ErrBadPattern."""
+    out = []
+    i, n = 0, len(pattern)
+    while i < n:
+        ch = pattern[i]
+        if ch == "*":
+            out.append("[^/]*")
+        elif ch == "?":
+            out.append("[^/]")
+        elif ch == "\\":
+            i += 1
+            if i >= n:
+                return None
+            out.append(re.escape(pattern[i]))
+        elif ch == "[":
+            i += 1
+            negate = i < n and pattern[i] == "^"
+            if negate:
+                i += 1
+            ranges = []
+            first = True
+            while True:
+                if i >= n:
+                    return None
+                if pattern[i] == "]" and not first:
+                    break
+                first = False
+                lo, i = _class_char(pattern, i)
+                if lo is None:
+                    return None
+                hi = lo
+                if i < n and pattern[i] == "-":
+                    hi, i = _class_char(pattern, i + 1)
+                    if hi is None or hi < lo:
+                        return None
+                ranges.append(f"{re.escape(lo)}-{re.escape(hi)}")
+            body = "".join(ranges)
+            # Go's classes never match the separator, negated or not.
+            out.append(f"(?!/)[^{body}]" if negate else f"(?!/)[{body}]")
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _class_char(pattern: str, i: int) -> tuple[str | None, int]:
+    if i >= len(pattern) or pattern[i] in "-]":
+        return None, i
+    if pattern[i] == "\\":
+        i += 1
+        if i >= len(pattern):
+            return None, i
+    return pattern[i], i + 1
+
+
+def path_match(pattern: str, name: str) -> bool:
+    """Go's filepath.Match on Linux: ``*`` and ``?`` never match ``/``; a malformed pattern matches nothing."""
+    regex = _match_regex(pattern)
+    return regex is not None and regex.fullmatch(name) is not None

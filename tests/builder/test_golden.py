@@ -32,6 +32,7 @@ from oci.frozen import FrozenMap
 
 POSITIVE = TESTDATA / "dockerfiles"
 NEGATIVE = TESTDATA / "dockerfiles-negative"
+CONFORMANCE = TESTDATA / "conformance"  # built and checked by tests/conformance, failing cases included
 PLATFORM = Platform("linux", "amd64")
 UPDATE = os.environ.get("PYBUILD_UPDATE_GOLDEN") == "1"
 OPTION_KEYS = {"build_args", "target", "platform", "contexts", "labels"}
@@ -47,7 +48,7 @@ def dockerfiles_outside_negative() -> list[Any]:
     found = []
     for path in sorted(TESTDATA.rglob("*")):
         name = path.name
-        if not path.is_file() or NEGATIVE in path.parents:
+        if not path.is_file() or NEGATIVE in path.parents or CONFORMANCE in path.parents:
             continue
         if name == "Dockerfile" or name.startswith("Dockerfile.") or name.lower().endswith(".dockerfile"):
             found.append(pytest.param(path, id=str(path.relative_to(TESTDATA))))

@@ -1,0 +1,154 @@
+"""Running a RUN step: a throwaway container over the stage's snapshots, its output streamed, its upper kept.
+
+``run_container`` writes the sandbox spec and the files bind-mounted over ``/etc/hosts``, ``/etc/resolv.conf``
+and ``/etc/hostname`` into the step's scratch directory, starts ``python -m builder.sandbox`` (see that module
+for what happens inside), hands every chunk of the command's merged standard output and error to ``on_output``
+as it arrives, and returns the command's exit status. The step's changes are left in ``scratch/upper`` for the
+differ. Whatever happens — the command fails, the engine is interrupted, reading the output raises — the sandbox
+is killed and reaped before this function returns, and with it every process the command started (they live in
+its PID namespace) and every mount it used (they live in its mount namespace).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.errors import BuildError
+
+__all__ = ["DEFAULT_HOSTNAME", "RunSpec", "SandboxError", "run_container"]
+
+DEFAULT_HOSTNAME = "buildkitsandbox"
+_SETUP_FAILED = 125
+_PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+_LOOPBACK_NAMESERVERS = ("127.", "::1")
+_IDLE = 0.25  # seconds without output before on_idle is called
+_IDLE = 0.25  # seconds without output before on_idle is called
+
+
+class SandboxError(BuildError):
+    """The container could not be set up (not the command's own failure)."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    argv: tuple[str, ...]
+    env: tuple[str, ...]  # "K=V", exactly the command's environment (HOME is added from passwd when absent)
+    user: str = ""  # USER as written: name or id, optionally ":group"
+    cwd: str = "/"
+    network: str = "default"  # "default" and "host" share the host's network; "none" has only loopback
+    hostname: str = DEFAULT_HOSTNAME
+    scripts: tuple[tuple[str, str], ...] = ()  # RUN heredocs with a #! line: (name, content) in /dev/pipes
+
+
+def _hosts(hostname: str) -> str:
+    return f"127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+
+
+def _resolv_conf() -> bytes:
+    """The host's resolver configuration; behind systemd-resolved, the upstream servers it uses (as BuildKit)."""
+    for candidate in ("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"):
+        try:
+            with open(candidate, "rb") as f:
+                data = f.read(1 << 16)
+        except OSError:
+            continue
+        lines = [line.split() for line in data.decode(errors="replace").splitlines()]
+        servers = [words[1] for words in lines if len(words) > 1 and words[0] == "nameserver"]
+        if servers and all(s.startswith(_LOOPBACK_NAMESERVERS) for s in servers):
+            continue  # a resolver on the host's loopback is unreachable from the container's view
+        return data
+    return b""
+
+
+def _write(path: Path, data: bytes) -> str:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return str(path)
+
+
+def run_container(
+    scratch: Path,
+    lowers: Sequence[Path],
+    spec: RunSpec,
+    on_output: Callable[[bytes], None],
+    on_idle: Callable[[], None] | None = None,
+) -> int:
+    """Run ``spec`` over ``lowers`` (top first); return its exit status (128 + N when killed by signal N).
+
+    ``scratch`` is an empty private directory; the step's upper directory is ``scratch / "upper"`` afterwards.
+    ``on_idle`` is called when the command has been quiet for a moment (a live display moves its clocks).
+    Raises ``SandboxError`` when the container itself could not start.
+    """
+    for name in ("upper", "work", "merged", "files"):
+        (scratch / name).mkdir(mode=0o755)
+    files = scratch / "files"
+    error_file = scratch / "error"
+    document = {
+        "lowers": [os.fspath(p) for p in lowers],
+        "upper": os.fspath(scratch / "upper"),
+        "work": os.fspath(scratch / "work"),
+        "merged": os.fspath(scratch / "merged"),
+        "files": {
+            "hosts": _write(files / "hosts", _hosts(spec.hostname).encode()),
+            "resolv.conf": _write(files / "resolv.conf", _resolv_conf()),
+            "hostname": _write(files / "hostname", f"{spec.hostname}\n".encode()),
+        },
+        "scripts": [{"name": name, "content": content} for name, content in spec.scripts],
+        "network": spec.network,
+        "hostname": spec.hostname,
+        "user": spec.user,
+        "cwd": spec.cwd,
+        "argv": list(spec.argv),
+        "env": list(spec.env),
+        "engine_pid": os.getpid(),
+        "error_file": os.fspath(error_file),
+    }
+    spec_file = scratch / "spec.json"
+    _write(spec_file, json.dumps(document).encode())
+    environment = {"PYTHONPATH": _PACKAGE_PARENT, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "builder.sandbox", os.fspath(spec_file)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=environment,
+        close_fds=True,
+        cwd="/",
+    )
+    try:
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        while True:
+            if on_idle is not None and not select.select([fd], [], [], _IDLE)[0]:
+                on_idle()
+                continue
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            on_output(chunk)
+        status = proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)  # its init and everything under it die with it
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    if status < 0:
+        status = 128 - status
+    if status == _SETUP_FAILED:
+        try:
+            reason = error_file.read_text(errors="replace").strip()
+        except OSError:
+            reason = ""
+        if reason:
+            raise SandboxError(f"cannot start the container: {reason}")
+    return status

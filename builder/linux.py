@@ -1,0 +1,133 @@
+"""The Linux system calls the sandbox needs and Python 3.11 does not expose: unshare, mount, umount2,
+pivot_root, sethostname and prctl(PR_SET_PDEATHSIG), through ctypes, each raising OSError with errno on failure.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import platform
+
+__all__ = [
+    "CLONE_NEWIPC",
+    "CLONE_NEWNET",
+    "CLONE_NEWNS",
+    "CLONE_NEWPID",
+    "CLONE_NEWUTS",
+    "MNT_DETACH",
+    "MS_BIND",
+    "MS_NODEV",
+    "MS_NOEXEC",
+    "MS_NOSUID",
+    "MS_PRIVATE",
+    "MS_RDONLY",
+    "MS_REC",
+    "MS_REMOUNT",
+    "mount",
+    "mount_overlay",
+    "pivot_root",
+    "set_parent_death_signal",
+    "sethostname",
+    "umount",
+    "unshare",
+]
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+
+_PR_SET_PDEATHSIG = 1
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217, "riscv64": 41}
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _check(result: int, what: str, path: str | None = None) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}", path)
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
+    def b(value: str | None) -> bytes | None:
+        return os.fsencode(value) if value is not None else None
+
+    result = _libc.mount(b(source), b(target), b(fstype), ctypes.c_ulong(flags), b(data))
+    _check(result, f"mount {fstype or 'bind'} on {target}", target)
+
+
+#: Options tried in order: the differ needs plain copy-ups (no redirects, no metadata-only copies), and the upper
+#: is thrown away or turned into a layer, so sync-on-close is wasted work (volatile, Linux 5.10+).
+_OVERLAY_EXTRAS = (",redirect_dir=off,index=off,metacopy=off,volatile", ",redirect_dir=off,index=off,metacopy=off", "")
+#: Mount data is one page: each lower is passed as a short /proc/self/fd/N path, which bounds the stack here.
+MAX_LOWERS = 200
+
+
+def mount_overlay(target: str, lowers: list[str], upper: str | None = None, work: str | None = None) -> None:
+    """Mount an overlay of ``lowers`` (top first) on ``target``; read-only unless ``upper`` and ``work`` are given.
+
+    Each lower is opened and named by its descriptor, so long store paths do not overflow the mount data.
+    """
+    if len(lowers) < (1 if upper is not None else 2):
+        raise ValueError("an overlay needs a lower directory, and a read-only one needs two")
+    if len(lowers) > MAX_LOWERS:
+        raise OSError(errno.E2BIG, f"an overlay of {len(lowers)} layers is more than the {MAX_LOWERS} supported")
+    fds = []
+    try:
+        for lower in lowers:
+            fds.append(os.open(lower, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        data = "lowerdir=" + ":".join(f"/proc/self/fd/{fd}" for fd in fds)
+        if upper is not None:
+            data += f",upperdir={upper},workdir={work}"
+        last: OSError | None = None
+        for extra in _OVERLAY_EXTRAS:
+            try:
+                mount("overlay", target, "overlay", 0, data + extra)
+                return
+            except OSError as err:
+                last = err
+        assert last is not None
+        raise OSError(last.errno, f"cannot mount an overlay on {target}: {os.strerror(last.errno or 0)}", target)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def umount(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(os.fsencode(target), ctypes.c_int(flags)), f"umount {target}", target)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    number = _SYS_PIVOT_ROOT.get(platform.machine())
+    if number is None:
+        raise OSError(errno.ENOSYS, f"pivot_root: unsupported architecture {platform.machine()}")
+    result = _libc.syscall(ctypes.c_long(number), os.fsencode(new_root), os.fsencode(put_old))
+    _check(result, "pivot_root")
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname")
+
+
+def set_parent_death_signal(signum: int) -> None:
+    """Have the kernel send ``signum`` to this process when its parent dies."""
+    _check(_libc.prctl(ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(signum), 0, 0, 0), "prctl")

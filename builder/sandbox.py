@@ -1,0 +1,314 @@
+"""The RUN sandbox: one throwaway container per step, run as its own process (``python -m builder.sandbox``).
+
+The engine starts this program as ``python -m builder.sandbox SPEC.json`` with the step's output pipe as standard
+output and error. It:
+
+1. makes itself die with the engine (PR_SET_PDEATHSIG), unshares a PID namespace and forks the container's init;
+2. in the init (PID 1): unshares mount, UTS and IPC namespaces (and the network one for ``--network=none``),
+   makes every mount private, mounts the overlay (the image's snapshots as lower directories, a fresh upper),
+   ``/proc``, a minimal ``/dev`` on tmpfs (null, zero, full, random, urandom, tty, ptmx, pts, shm), ``/sys``
+   read-only, and binds ``/etc/hosts``, ``/etc/resolv.conf`` and ``/etc/hostname`` from files outside the tree,
+   so they never enter the layer; then ``pivot_root`` into the overlay and detaches the old root;
+3. resolves USER through the image's own ``/etc/passwd`` and ``/etc/group`` (supplementary groups too), creates the
+   working directory if it is missing, and forks the command, which runs with only the spec's environment;
+4. when the command exits, init exits with its status, and the kernel kills whatever the command left running in
+   the PID namespace; the mount namespace, and every mount in it, goes with the last process.
+
+Mount points the image lacks (``/proc``, ``/etc/hosts``, ...) come from a skeleton directory stacked *under* the
+image's layers, so they exist in the container without ever being written to the upper directory.
+Exit status: the command's, or 128 + the signal that killed it; 125 means the sandbox itself failed (the reason is
+written to the spec's ``error_file``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import select
+import signal
+import socket
+import stat
+import struct
+import sys
+from typing import Any, NoReturn
+
+from builder import linux
+
+__all__ = ["SETUP_FAILED", "main"]
+
+SETUP_FAILED = 125
+_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
+_DEV_LINKS = (
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+    ("core", "/proc/kcore"),
+)
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+
+class SetupError(Exception):
+    pass
+
+
+_error_fd = -1  # opened before pivot_root, where the error file's path is still visible
+
+
+def _fail(message: str) -> NoReturn:
+    try:
+        os.write(_error_fd, message.encode(errors="replace"))
+    except OSError:
+        pass
+    os._exit(SETUP_FAILED)
+
+
+# ---------------------------------------------------------------------------------------------- the rootfs
+
+
+def _mount_dev(root: str) -> None:
+    dev = os.path.join(root, "dev")
+    linux.mount("tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_NOEXEC, "mode=755,size=65536k")
+    for name, major, minor in _DEVICES:
+        path = os.path.join(dev, name)
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        os.chmod(path, 0o666)
+    for name, target in _DEV_LINKS:
+        os.symlink(target, os.path.join(dev, name))
+    os.mkdir(os.path.join(dev, "pts"), 0o755)
+    linux.mount(
+        "devpts",
+        os.path.join(dev, "pts"),
+        "devpts",
+        linux.MS_NOSUID | linux.MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620,gid=5",
+    )
+    os.mkdir(os.path.join(dev, "shm"), 0o1777)
+    linux.mount(
+        "shm",
+        os.path.join(dev, "shm"),
+        "tmpfs",
+        linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC,
+        "mode=1777,size=65536k",
+    )
+
+
+def _mount_sys(root: str) -> None:
+    target = os.path.join(root, "sys")
+    flags = linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
+    try:
+        linux.mount("sysfs", target, "sysfs", flags)
+    except OSError:
+        linux.mount("/sys", target, None, linux.MS_BIND | linux.MS_REC)
+        linux.mount(None, target, None, linux.MS_BIND | linux.MS_REMOUNT | flags)
+
+
+def _bind_file(source: str, root: str, target: str) -> None:
+    path = os.path.join(root, target.lstrip("/"))
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return  # hidden by a whiteout in the image: nothing to bind over
+    if not stat.S_ISREG(st.st_mode):
+        return  # a symlink or directory in the image stays as it is
+    linux.mount(source, path, None, linux.MS_BIND)
+
+
+def _loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sh", b"lo", 0)
+        flags = struct.unpack("16sh", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sh", b"lo", flags | _IFF_UP))
+
+
+def _prepare_root(spec: dict[str, Any]) -> None:
+    root = spec["merged"]
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+    try:
+        linux.mount_overlay(root, spec["lowers"], spec["upper"], spec["work"])
+    except OSError as err:
+        raise SetupError(err.strerror or str(err)) from None
+    linux.mount("proc", os.path.join(root, "proc"), "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+    _mount_dev(root)
+    _mount_sys(root)
+    for name in ("hosts", "resolv.conf", "hostname"):
+        _bind_file(spec["files"][name], root, f"/etc/{name}")
+    for mount in spec.get("mounts", []):
+        _extra_mount(root, mount)
+    for script in spec.get("scripts", []):
+        _write_script(root, script["name"], script["content"])
+    linux.sethostname(spec["hostname"])
+    if spec["network"] == "none":
+        _loopback_up()
+    os.chdir(root)
+    linux.pivot_root(".", ".")
+    linux.umount(".", linux.MNT_DETACH)
+    os.chdir("/")
+
+
+def _write_script(root: str, name: str, content: str) -> None:
+    """A RUN heredoc with a #! line, as BuildKit provides it: an executable file in /dev/pipes."""
+    pipes = os.path.join(root, "dev", "pipes")
+    os.makedirs(pipes, mode=0o755, exist_ok=True)
+    fd = os.open(os.path.join(pipes, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
+    with os.fdopen(fd, "wb") as f:
+        f.write(content.encode())
+    os.chmod(os.path.join(pipes, name), 0o755)
+
+
+def _extra_mount(root: str, mount: dict[str, Any]) -> None:
+    target = os.path.join(root, mount["target"].lstrip("/"))
+    os.makedirs(target, exist_ok=True)
+    if mount["type"] == "tmpfs":
+        size = f",size={mount['size']}" if mount.get("size") else ""
+        linux.mount("tmpfs", target, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, f"mode=755{size}")
+        return
+    linux.mount(mount["source"], target, None, linux.MS_BIND | linux.MS_REC)
+    if mount.get("readonly"):
+        linux.mount(None, target, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | linux.MS_REC)
+
+
+# ------------------------------------------------------------------------------------------------ the user
+
+
+def _read_db(path: str) -> list[list[str]]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")]
+    except FileNotFoundError:
+        return []
+
+
+def resolve_user(user: str) -> tuple[int, int, list[int], str]:
+    """(uid, gid, supplementary groups, home) for a Dockerfile USER, as runc resolves it inside the image."""
+    name, _, group = user.partition(":")
+    passwd = [e for e in _read_db("/etc/passwd") if len(e) >= 7]
+    groups = [e for e in _read_db("/etc/group") if len(e) >= 3]
+    uid, gid, home, login = 0, 0, "/", "root"
+    if name:
+        match = next((e for e in passwd if e[0] == name), None)
+        if match is None and name.isdigit():
+            match = next((e for e in passwd if e[2] == name), None)
+            uid, gid, home, login = int(name), 0, "/", ""
+        if match is None and not name.isdigit():
+            raise SetupError(f"unable to find user {name}: no matching entries in passwd file")
+        if match is not None:
+            uid, gid, home, login = int(match[2]), int(match[3]), match[5] or "/", match[0]
+    else:
+        match = next((e for e in passwd if e[2] == "0"), None)
+        if match is not None:
+            home, login = match[5] or "/", match[0]
+    if group:
+        entry = next((e for e in groups if e[0] == group), None)
+        if entry is None and not group.isdigit():
+            raise SetupError(f"unable to find group {group}: no matching entries in group file")
+        gid = int(entry[2]) if entry is not None else int(group)
+        return uid, gid, [gid], home
+    extra = [int(e[2]) for e in groups if login and login in e[3].split(",") and e[2].isdigit()]
+    return uid, gid, sorted({gid, *extra}), home
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+
+def _wait_for(pid: int) -> int:
+    """Reap every child (we are PID 1) until ``pid`` exits; return its shell-style status."""
+    while True:
+        try:
+            child, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return SETUP_FAILED
+        except InterruptedError:
+            continue
+        if child == pid:
+            if os.WIFSIGNALED(status):
+                return 128 + os.WTERMSIG(status)
+            return os.WEXITSTATUS(status)
+
+
+def _init(spec: dict[str, Any]) -> NoReturn:
+    """PID 1 of the container."""
+    try:
+        linux.set_parent_death_signal(signal.SIGKILL)
+        if select.select([spec["_alive_fd"]], [], [], 0)[0]:
+            os._exit(SETUP_FAILED)  # the sandbox died before the death signal was armed (its pipe end closed)
+        flags = linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC
+        if spec["network"] == "none":
+            flags |= linux.CLONE_NEWNET
+        linux.unshare(flags)
+        os.umask(0o022)
+        _prepare_root(spec)
+        uid, gid, groups, home = resolve_user(spec["user"])
+        cwd = spec["cwd"]
+        os.makedirs(cwd, mode=0o755, exist_ok=True)
+    except (OSError, SetupError) as err:
+        _fail(str(err))
+    env = list(spec["env"])
+    if not any(e.startswith("HOME=") for e in env):
+        env.append(f"HOME={home}")
+    command = os.fork()
+    if command == 0:
+        try:
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
+            os.chdir(cwd)
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
+                signal.signal(signum, signal.SIG_DFL)
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            argv = spec["argv"]
+            environment = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
+            os.execvpe(argv[0], argv, environment)
+        except OSError as err:
+            sys.stderr.write(f"{spec['argv'][0]}: {err.strerror}\n")
+            os._exit(127 if err.errno == 2 else 126)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda s, f: os.kill(command, s))
+    os._exit(_wait_for(command))
+
+
+def main(argv: list[str]) -> NoReturn:
+    global _error_fd
+    try:
+        with open(argv[1], "rb") as f:
+            spec = json.loads(f.read())
+        _error_fd = os.open(spec["error_file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except (OSError, ValueError, IndexError, KeyError) as err:
+        sys.stderr.write(f"sandbox: cannot read the spec: {err}\n")
+        os._exit(SETUP_FAILED)
+    try:
+        linux.set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != spec["engine_pid"]:
+            os._exit(SETUP_FAILED)  # the engine died before the death signal was armed
+        linux.unshare(linux.CLONE_NEWPID)
+    except OSError as err:
+        _fail(str(err))
+    alive_read, alive_write = os.pipe()  # init sees EOF on this pipe once we are gone
+    spec["_alive_fd"] = alive_read
+    init = os.fork()
+    if init == 0:
+        os.close(alive_write)
+        _init(spec)
+    os.close(alive_read)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda s, f: os.kill(init, s))
+    os._exit(_wait_for_one(init))
+
+
+def _wait_for_one(pid: int) -> int:
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+        except InterruptedError:
+            continue
+        if os.WIFSIGNALED(status):
+            return 128 + os.WTERMSIG(status)
+        return os.WEXITSTATUS(status)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -25,6 +25,7 @@ from builder import __version__
 from builder.commit import source_date_epoch
 from builder.context import list_context
 from builder.errors import BuildError, DockerfileError, UsageError
+from builder.export import check_destination, export_image, parse_output
 from builder.frontend.dockerfile import parse_dockerfile
 from builder.images import base_config, inspect_image, list_images
 from builder.importer import ImportRequest, import_rootfs
@@ -40,6 +41,7 @@ from builder.request import (
     resolve_paths,
 )
 from builder.root import Store, open_store, store_root
+from builder.solve import BuildOptions, solve
 from oci.compression import Compression
 from oci.descriptor import Platform
 from oci.errors import InvalidReference, OCIError
@@ -159,24 +161,17 @@ def _plan(ctx: _Context, request: BuildRequest, *, all_stages: bool) -> BuildPla
     return plan_build(ast, options, lambda ref, platform: base_config(layout, ref, platform))
 
 
-def cmd_build(ctx: _Context) -> int:
-    args = ctx.args
-    request = _build_request(ctx)
-    if not (args.print_plan or args.check):
-        raise UsageError(
-            "building images is not available yet; this version can only plan a build",
-            hint="use --print-plan or --check",
-        )
-    plan = _plan(ctx, request, all_stages=args.check and not request.target)
+def _note_syntax(plan: BuildPlan, quiet: bool) -> None:
     syntax = plan.directives.syntax
-    if syntax and not args.quiet:
+    if syntax and not quiet:
         print(
             f"NOTE: {plan.path}:{plan.directives.syntax_line}: syntax={syntax} is noted and not fetched: "
             "pybuild reads Dockerfile syntax 1.x with its own front end",
             file=sys.stderr,
         )
-    if args.check:
-        return _report_checks(ctx, plan)
+
+
+def _warn(plan: BuildPlan) -> None:
     for warning in plan.warnings:
         print(f"WARNING: {warning.render(plan.path)}", file=sys.stderr)
     if plan.unused_build_args:
@@ -184,8 +179,86 @@ def cmd_build(ctx: _Context) -> int:
         print(f"WARNING: one or more build args were not consumed: [{names}]", file=sys.stderr)
     if plan.checks.error and plan.warnings:
         raise DockerfileError(f"{len(plan.warnings)} build check warnings and the check directive says error=true")
-    ctx.out.write(json.dumps(plan.to_json(), indent=2, ensure_ascii=False) + "\n")
+
+
+def _epoch(ctx: _Context, request: BuildRequest) -> int | None:
+    """SOURCE_DATE_EPOCH from the environment or a build arg (as BuildKit reads it); --reproducible means 0."""
+    epoch = source_date_epoch(ctx.environ)
+    if epoch is None and "SOURCE_DATE_EPOCH" in request.build_args:
+        epoch = source_date_epoch({"SOURCE_DATE_EPOCH": request.build_args["SOURCE_DATE_EPOCH"]})
+    if epoch is None and ctx.args.reproducible:
+        epoch = 0
+    return epoch
+
+
+def cmd_build(ctx: _Context) -> int:
+    args = ctx.args
+    request = _build_request(ctx)
+    if args.print_plan or args.check:
+        plan = _plan(ctx, request, all_stages=args.check and not request.target)
+        _note_syntax(plan, args.quiet)
+        if args.check:
+            return _report_checks(ctx, plan)
+        _warn(plan)
+        ctx.out.write(json.dumps(plan.to_json(), indent=2, ensure_ascii=False) + "\n")
+        return 0
+    try:
+        compression = Compression.parse(args.compression)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    outputs = [parse_output(text) for text in args.output]
+    for spec in outputs:
+        check_destination(spec, store=ctx.store)
+    if sum(spec.to_stdout for spec in outputs) > 1:
+        raise UsageError("only one --output can write to standard output")
+    names = _parse_refs(request.tags)
+    epoch = _epoch(ctx, request)
+    plan = _plan(ctx, request, all_stages=False)
+    _note_syntax(plan, args.quiet)
+    _warn(plan)
+    log_file = open(args.log_file, "w", encoding="utf-8") if args.log_file else None  # noqa: SIM115
+    progress = Progress("quiet" if args.quiet else args.progress, log_file=log_file)
+    options = BuildOptions(
+        context=request.context,
+        dockerfile=request.dockerfile,
+        contexts=request.contexts,
+        network=args.network,
+        epoch=epoch,
+        build_args=request.build_args,
+    )
+    try:
+        result = solve(plan, ctx.store, options, progress)
+        image = result.image
+        for ref in names:
+            ctx.store.layout.tag(str(ref), image.descriptor)
+            progress.status(f"naming to {ref}")
+        for spec in outputs:
+            export_image(
+                spec,
+                image,
+                store=ctx.store,
+                compression=compression,
+                names=names,
+                epoch=epoch,
+                stdout=sys.stdout.buffer,
+                on_status=progress.status,
+            )
+        progress.status(f"image {image.id}")
+    finally:
+        progress.done()
+        if log_file is not None:
+            log_file.close()
+    if args.iidfile:
+        _write_iidfile(Path(args.iidfile), str(image.id))
+    if args.quiet and not any(spec.to_stdout for spec in outputs):
+        print(str(image.id), file=ctx.out)
     return 0
+
+
+def _write_iidfile(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_text(text)
+    os.replace(temp, path)
 
 
 def _report_checks(ctx: _Context, plan: BuildPlan) -> int:
@@ -369,7 +442,7 @@ def _build_parser() -> _Parser:
         sub.set_defaults(run=run)
         return sub
 
-    p = verb("build", "Plan a build from a Dockerfile (building images arrives in a later version)", cmd_build)
+    p = verb("build", "Build an image from a Dockerfile", cmd_build)
     p.add_argument("context", metavar="CONTEXT", help="the build context directory, or - for a Dockerfile on stdin")
     p.add_argument("-f", "--file", metavar="PATH", help="the Dockerfile (default: CONTEXT/Dockerfile; - for stdin)")
     p.add_argument("-t", "--tag", action="append", default=[], metavar="NAME[:TAG]", help="name the image")
@@ -382,7 +455,32 @@ def _build_parser() -> _Parser:
     p.add_argument("--check", action="store_true", help="run the build checks and stop (exit 1 on warnings)")
     p.add_argument("--format", choices=("text", "json"), default="text", help="--check output format")
     p.add_argument("--progress", default="auto", choices=("auto", "tty", "plain", "quiet"), help="progress output")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only the result")
+    p.add_argument("--log-file", metavar="FILE", help="also write the full plain progress log to FILE")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress; print the image ID")
+    p.add_argument("--iidfile", metavar="FILE", help="write the image ID to FILE")
+    p.add_argument(
+        "-o",
+        "--output",
+        action="append",
+        default=[],
+        metavar="type=TYPE,dest=PATH",
+        help="also export the image: type=oci|docker|local|tar (repeatable; DIR alone means type=local)",
+    )
+    p.add_argument(
+        "--compression",
+        default="gzip",
+        metavar="gzip|zstd|uncompressed",
+        help="layer compression in --output images (default gzip; the store keeps layers uncompressed)",
+    )
+    p.add_argument(
+        "--network", default="default", choices=("default", "none", "host"), help="RUN's network (default: host's)"
+    )
+    p.add_argument(
+        "--reproducible",
+        action="store_true",
+        help="clamp every timestamp to SOURCE_DATE_EPOCH (0 when unset) so the same inputs give the same digest",
+    )
+    p.add_argument("--no-cache", action="store_true", help="run every step (pybuild has no step cache yet)")
 
     p = verb("context", "Inspect build contexts", _no_subcommand)
     context_verbs = p.add_subparsers(dest="context_command", metavar="COMMAND", parser_class=_Parser)

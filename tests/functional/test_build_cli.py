@@ -116,12 +116,13 @@ def test_check_directive_error_true_fails_the_plan(tmp_path: Path) -> None:
     assert "error=true" in last_error(result)
 
 
-def test_building_is_refused_until_it_exists(tmp_path: Path) -> None:
+def test_a_missing_base_image_is_named_with_its_line(tmp_path: Path) -> None:
     context = project(tmp_path)
-    result = run_pybuild("-t", "app", str(context))
-    assert result.code == 2
-    assert "building images is not available yet" in last_error(result)
-    assert "--print-plan" in last_error(result)
+    result = run_pybuild("-t", "app", "--progress", "plain", str(context))
+    assert result.code == 1
+    error = last_error(result)
+    assert error.startswith("pybuild: ") and "Dockerfile:3: docker.io/library/busybox:latest: no such image" in error
+    assert "pulling from registries is not available yet" in error
 
 
 def test_a_typo_in_a_command_is_not_a_build(tmp_path: Path) -> None:

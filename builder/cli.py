@@ -516,7 +516,12 @@ def _build_parser() -> _Parser:
     )
     p.add_argument("-m", "--message", help="the history comment (default: 'Imported from ROOTFS')")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="the platform to record (default: this machine's)")
-    p.add_argument("--compression", default="gzip", metavar="gzip|zstd|none", help="layer compression (default gzip)")
+    p.add_argument(
+        "--compression",
+        default="uncompressed",
+        metavar="gzip|zstd|uncompressed",
+        help="how the store keeps the layer (default uncompressed: outputs and pushes compress it once, later)",
+    )
     p.add_argument("--progress", default="auto", choices=("auto", "tty", "plain", "quiet"), help="progress output")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
 

@@ -35,7 +35,7 @@ class ImportRequest:
     platform: Platform
     changes: tuple[str, ...] = ()
     message: str = ""
-    compression: Compression = Compression.GZIP
+    compression: Compression = Compression.NONE
     epoch: int | None = None  # SOURCE_DATE_EPOCH
 
 

@@ -11,7 +11,7 @@ the levels below it (tests/test_import_rules.py holds the table):
     L5  layer                           writing layers (reads the filesystem)
     L6  apply                           applying layers (writes the filesystem, confined)
     L7  store, image                    blobs on disk; image views
-    L8  layout                          the OCI image layout
+    L8  layout, docker_archive          the OCI image layout; docker save tarballs, both ways
 """
 
 from oci.descriptor import Descriptor, Platform

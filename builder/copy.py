@@ -485,12 +485,15 @@ class _Copier:
 
     def copy_source(self, source: CopySource, dest: str) -> None:
         tree = source.tree
+        matches = _match_wildcards(tree, source.path)
+        if not matches:
+            return  # a wildcard that matches nothing is allowed, and then nothing is created (BuildKit's docopy)
         head, tail = posixpath.split(dest)
         ensure = head if tail not in ("", ".") else dest
         if ensure:
             self.mkdir_all(resolve(self, ensure))
         dst = resolve(self, posixpath.normpath(dest) if dest else "/")
-        for match in _match_wildcards(tree, source.path):
+        for match in matches:
             src = resolve(tree, match)
             st = tree.lstat(src)
             if st is None:

@@ -116,6 +116,8 @@ def _bind_file(source: str, root: str, target: str) -> None:
     if not stat.S_ISREG(st.st_mode):
         return  # a symlink or directory in the image stays as it is
     linux.mount(source, path, None, linux.MS_BIND)
+    # Read-only, as BuildKit mounts them: a RUN cannot edit the sandbox's name service files.
+    linux.mount(None, path, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY)
 
 
 def _loopback_up() -> None:
@@ -207,9 +209,11 @@ def resolve_user(user: str) -> tuple[int, int, list[int], str]:
         if entry is None and not group.isdigit():
             raise SetupError(f"unable to find group {group}: no matching entries in group file")
         gid = int(entry[2]) if entry is not None else int(group)
-        return uid, gid, [gid], home
-    extra = [int(e[2]) for e in groups if login and login in e[3].split(",") and e[2].isdigit()]
-    return uid, gid, sorted({gid, *extra}), home
+        return uid, gid, [], home
+    # runc's rule: without an explicit group, the supplementary groups are those that list the user as a member
+    # (in file order); the primary group is not added to them.
+    extra = [int(e[2]) for e in groups if login and len(e) > 3 and login in e[3].split(",") and e[2].isdigit()]
+    return uid, gid, list(dict.fromkeys(extra)), home
 
 
 # ---------------------------------------------------------------------------------------------- processes

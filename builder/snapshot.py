@@ -303,7 +303,9 @@ def upper_items(upper: Path, lower: RootView, *, clamp_mtime: int | None = None)
             else:
                 stack.append(_Frame(rel, _children(full), entry))
             continue
-        if entry is None or _unchanged(st, full, base):
+        # A file with another name in the upper was linked in this step (index=off: all its names are here), so
+        # it is kept even if unchanged, for its links to have a target in the layer.
+        if entry is None or (st.st_nlink == 1 and _unchanged(st, full, base)):
             continue
         yield from parents()
         if st.st_nlink > 1:

@@ -17,6 +17,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ _SETUP_FAILED = 125
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 _LOOPBACK_NAMESERVERS = ("127.", "::1")
 _IDLE = 0.25  # seconds without output before on_idle is called
-_IDLE = 0.25  # seconds without output before on_idle is called
+_REAP_TIMEOUT = 10.0  # seconds to wait for a killed container's init to finish tearing its namespaces down
 
 
 class SandboxError(BuildError):
@@ -75,6 +76,27 @@ def _write(path: Path, data: bytes) -> str:
     return str(path)
 
 
+def _wait_for_init(pid_file: Path) -> None:
+    """Wait until the killed container's init has exited: the kernel has then killed and reaped every other
+    process of its PID namespace, and its mount namespace (with the overlay on the scratch directory) is gone.
+
+    init dies of PR_SET_PDEATHSIG a moment after the sandbox; it is then a zombie (its new parent reaps it) or
+    gone, and either means its exit, namespace teardown included, is complete."""
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return  # the sandbox died before it forked init
+    deadline = time.monotonic() + _REAP_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return
+        if fields[0] in ("Z", "X"):
+            return
+        time.sleep(0.002)
+
+
 def run_container(
     scratch: Path,
     lowers: Sequence[Path],
@@ -111,6 +133,7 @@ def run_container(
         "env": list(spec.env),
         "engine_pid": os.getpid(),
         "error_file": os.fspath(error_file),
+        "init_pid_file": os.fspath(scratch / "init.pid"),
     }
     spec_file = scratch / "spec.json"
     _write(spec_file, json.dumps(document).encode())
@@ -140,6 +163,7 @@ def run_container(
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)  # its init and everything under it die with it
             proc.wait()
+            _wait_for_init(scratch / "init.pid")
         if proc.stdout is not None:
             proc.stdout.close()
     if status < 0:

@@ -155,7 +155,10 @@ def _prepare_root(spec: dict[str, Any]) -> None:
 def _write_script(root: str, name: str, content: str) -> None:
     """A RUN heredoc with a #! line, as BuildKit provides it: an executable file in /dev/pipes."""
     pipes = os.path.join(root, "dev", "pipes")
-    os.makedirs(pipes, mode=0o755, exist_ok=True)
+    if not os.path.isdir(pipes):
+        # Its own tmpfs: /dev is noexec, and the script must be executable (BuildKit mounts it on its own too).
+        os.mkdir(pipes, 0o755)
+        linux.mount("pipes", pipes, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=755,size=16m")
     fd = os.open(os.path.join(pipes, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
     with os.fdopen(fd, "wb") as f:
         f.write(content.encode())
@@ -298,6 +301,11 @@ def main(argv: list[str]) -> NoReturn:
         os.close(alive_write)
         _init(spec)
     os.close(alive_read)
+    try:  # for the engine, which waits for init's end when it has to kill us
+        with open(spec["init_pid_file"], "w") as f:
+            f.write(str(init))
+    except OSError:
+        pass
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda s, f: os.kill(init, s))
     os._exit(_wait_for_one(init))

@@ -113,10 +113,10 @@ class RootView:
     def __init__(self, lowers: Sequence[Path]) -> None:
         self.lowers = [os.fsencode(p) for p in lowers]
 
-    def _probe(self, lower: bytes, parts: list[bytes]) -> tuple[str, bytes, os.stat_result | None]:
-        """One layer's say on a path: ("present", path, st), ("absent", ..) or ("blocked", ..) for the layers below.
-
-        "absent-opaque" is an absence in a directory this layer made opaque: the layers below are hidden too.
+    def _probe(self, lower: bytes, parts: list[bytes]) -> tuple[str, bytes, os.stat_result | None, bool]:
+        """One layer's say on a path: "present" (with its real path and status), "absent" (ask the layers below)
+        or "blocked" (deleted, or under a non-directory or an opaque directory: the layers below are hidden). The
+        last value says whether an ancestor is opaque in this layer, which hides the layers below too.
         """
         prefix = lower
         opaque_above = False
@@ -125,22 +125,22 @@ class RootView:
             try:
                 st = os.lstat(prefix)
             except (FileNotFoundError, NotADirectoryError):
-                return ("blocked" if opaque_above else "absent"), prefix, None
+                return ("blocked" if opaque_above else "absent"), prefix, None, opaque_above
             if _is_whiteout(st):
-                return "blocked", prefix, None
+                return "blocked", prefix, None, opaque_above
             if i == len(parts) - 1:
-                return "present", prefix, st
+                return "present", prefix, st, opaque_above
             if not stat.S_ISDIR(st.st_mode):
-                return "blocked", prefix, None
+                return "blocked", prefix, None, opaque_above
             if _opaque(prefix):
                 opaque_above = True
-        return "present", prefix, None
+        return "present", prefix, None, opaque_above
 
     def find(self, rel: str) -> tuple[bytes, os.stat_result] | None:
         """Where ``rel`` comes from (its real path and status), or None if the merged view has no such path."""
         parts = os.fsencode(rel).split(b"/")
         for lower in self.lowers:
-            state, path, st = self._probe(lower, parts)
+            state, path, st, _ = self._probe(lower, parts)
             if state == "present" and st is not None:
                 return path, st
             if state == "blocked":
@@ -175,8 +175,9 @@ class RootView:
         parts = os.fsencode(rel).split(b"/") if rel else []
         names: dict[bytes, bool] = {}  # name -> visible (False: a whiteout hides it below)
         for lower in self.lowers:
+            opaque_above = False
             if parts:
-                state, path, st = self._probe(lower, parts)
+                state, path, st, opaque_above = self._probe(lower, parts)
                 if state == "blocked":
                     break
                 if state == "absent":
@@ -190,7 +191,7 @@ class RootView:
                     continue
                 child = os.lstat(os.path.join(path, name))
                 names[name] = not _is_whiteout(child)
-            if _opaque(path):
+            if opaque_above or _opaque(path):
                 break
         return sorted((os.fsdecode(n) for n, visible in names.items() if visible), key=os.fsencode)
 

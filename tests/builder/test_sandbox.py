@@ -425,13 +425,6 @@ def test_everything_dies_when_reading_the_output_fails(run: Runner, image: Image
     assert wait_until_gone(str(scratch / "spec.json")) == []  # the sandbox and the container's init
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="executor.run_container's docstring says every process the command started is gone when it returns, "
-    "but when it kills the sandbox (here: on_output raised) it reaps only the sandbox; the container's init dies "
-    "afterwards from PR_SET_PDEATHSIG, so the command's processes (and the mount namespace holding the overlay "
-    "on scratch/) outlive the return by a few milliseconds, while solve.py already removes the scratch directory",
-)
 def test_everything_is_gone_when_run_container_returns_after_a_failure(run: Runner, image: Image) -> None:
     survivors = []
     for _ in range(5):  # the race is lost about 4 times in 5; five in a row leaves it no chance to hide

@@ -527,3 +527,31 @@ def test_an_interrupted_build_leaves_no_process_and_a_usable_store(tmp_path: Pat
     tmp = Path(os.environ["PYBUILD_ROOT"]) / "tmp"
     assert not tmp.exists() or list(tmp.iterdir()) == [], "what the killed build left in tmp/ is swept"
     shutil.rmtree(tmp_path / "ctx", ignore_errors=True)
+
+
+def test_heredocs_in_run_and_copy(tmp_path: Path, busybox: str) -> None:
+    dockerfile = """\
+FROM busybox
+ARG WHO=world
+RUN <<EOF
+#!/bin/sh
+echo "script $0 for $WHO" > /script.txt
+EOF
+RUN <<EOF
+echo "plain heredoc" > /plain.txt
+echo "second line ran" >> /plain.txt
+EOF
+COPY <<EOF <<'RAW' /etc/
+hello $WHO
+EOF
+kept $WHO
+RAW
+"""
+    assert build("-t", "heredocs", str(context(tmp_path, dockerfile))).code == 0
+    rootfs = unpack(tmp_path, "heredocs")
+    assert (rootfs / "script.txt").read_text() == "script /dev/pipes/EOF for world\n"
+    assert (rootfs / "plain.txt").read_text() == "plain heredoc\nsecond line ran\n"
+    assert (rootfs / "etc" / "EOF").read_text() == "hello world\n"
+    assert (rootfs / "etc" / "RAW").read_text() == "kept $WHO\n"
+    assert stat.S_IMODE(os.stat(rootfs / "etc" / "EOF").st_mode) == 0o644
+    assert not (rootfs / "dev" / "pipes").exists()

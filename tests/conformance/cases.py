@@ -43,6 +43,7 @@ _KEYS = {
     "empty_dirs",
     "hardlinks",
     "error",
+    "pending",
 }
 
 
@@ -63,6 +64,11 @@ class Case:
     @property
     def expects_error(self) -> bool:
         return "error" in self.options
+
+    @property
+    def pending(self) -> str:
+        """The issue that will make pybuild build this case; until then pybuild must refuse it, saying so."""
+        return str(self.options.get("pending", ""))
 
     def prepare(self, work: Path) -> tuple[Path, Path]:
         """Copy the context into ``work`` with normalised permissions and the case's adjustments applied.

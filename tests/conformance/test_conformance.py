@@ -131,6 +131,15 @@ def test_case(case: Case, base: Base, store_root: Path, tmp_path: Path) -> None:
         *case.build_options(),
         str(context),
     )
+    if case.pending:
+        # Not built yet, and refused in the open: the expectation waits for the issue that adds the feature.
+        if result.code != 1 or "not supported yet" not in result.err:
+            pytest.fail(
+                f"{case.name} is pending ({case.pending}) but pybuild did not refuse it with 'not supported yet': "
+                f"{result}; if the feature has landed, remove 'pending' from its case.json",
+                pytrace=False,
+            )
+        return
     if expected.get("error"):
         if result.code != expected["exit_code"]:
             pytest.fail(
@@ -154,7 +163,8 @@ def test_case(case: Case, base: Base, store_root: Path, tmp_path: Path) -> None:
 
 def test_the_suite_is_complete() -> None:
     """Enough cases, each with its expectation, and no expectation without its case."""
-    assert len(CASES) >= MINIMUM_CASES, f"only {len(CASES)} conformance cases"
+    built = [case for case in CASES if not case.pending]
+    assert len(built) >= MINIMUM_CASES, f"only {len(built)} conformance cases are built (pending ones do not count)"
     names = {case.name for case in CASES}
     orphans = sorted(p.parent.name for p in CASES_DIR.glob("*/expected.json") if p.parent.name not in names)
     assert not orphans, f"expected.json without a case: {orphans}"

@@ -6,7 +6,7 @@ output and error. It:
 1. makes itself die with the engine (PR_SET_PDEATHSIG), unshares a PID namespace and forks the container's init;
 2. in the init (PID 1): unshares mount, UTS and IPC namespaces (and the network one for ``--network=none``),
    makes every mount private, mounts the overlay (the image's snapshots as lower directories, a fresh upper),
-   ``/proc``, a minimal ``/dev`` on tmpfs (null, zero, full, random, urandom, tty, ptmx, pts, shm), ``/sys``
+   ``/proc``, a minimal ``/dev`` on tmpfs (null, zero, full, random, urandom, tty, ptmx, pts, shm, mqueue), ``/sys``
    read-only, and binds ``/etc/hosts``, ``/etc/resolv.conf`` and ``/etc/hostname`` from files outside the tree,
    so they never enter the layer; then ``pivot_root`` into the overlay and detaches the old root;
 3. resolves USER through the image's own ``/etc/passwd`` and ``/etc/group`` (supplementary groups too), creates the
@@ -87,6 +87,8 @@ def _mount_dev(root: str) -> None:
         linux.MS_NOSUID | linux.MS_NOEXEC,
         "newinstance,ptmxmode=0666,mode=0620,gid=5",
     )
+    os.mkdir(os.path.join(dev, "mqueue"), 0o755)
+    linux.mount("mqueue", os.path.join(dev, "mqueue"), "mqueue", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
     os.mkdir(os.path.join(dev, "shm"), 0o1777)
     linux.mount(
         "shm",

@@ -22,7 +22,7 @@ from builder.snapshot import SnapshotStore
 from oci.digest import Digest
 
 PATH = "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
-DEV = set("core fd full null ptmx pts random shm stderr stdin stdout tty urandom zero".split())
+DEV = set("core fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero".split())
 
 PASSWD = """root:x:0:0:root:/root:/bin/sh
 alice:x:1000:1000:Alice:/home/alice:/bin/sh
@@ -179,6 +179,7 @@ def test_mounts_stay_inside(run: Runner, image: Image) -> None:
         "/proc",
         "/dev",
         "/dev/pts",
+        "/dev/mqueue",
         "/dev/shm",
         "/sys",
         "/etc/hosts",

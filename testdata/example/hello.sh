@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "$(cat "${GREETING_FILE:-/app/greeting.txt}") (from $(hostname))"

@@ -555,3 +555,16 @@ RAW
     assert (rootfs / "etc" / "RAW").read_text() == "kept $WHO\n"
     assert stat.S_IMODE(os.stat(rootfs / "etc" / "EOF").st_mode) == 0o644
     assert not (rootfs / "dev" / "pipes").exists()
+
+
+def test_copy_from_an_image_in_the_store_keeps_its_owners(tmp_path: Path, busybox: str) -> None:
+    owned = context(tmp_path, "FROM busybox\nRUN mkdir /data && echo v > /data/f && chown -R 1234:99 /data\n", name="o")
+    assert build("-t", "owned", str(owned)).code == 0
+    ctx = context(tmp_path, "FROM scratch\nCOPY --from=owned /data /data\nCOPY --from=busybox /bin/busybox /bb\n")
+    result = build("-t", "from-image", str(ctx))
+    assert result.code == 0, result
+    rootfs = unpack(tmp_path, "from-image")
+    assert (rootfs / "data" / "f").read_text() == "v\n"
+    assert (os.stat(rootfs / "data" / "f").st_uid, os.stat(rootfs / "data" / "f").st_gid) == (1234, 99)
+    assert (rootfs / "bb").read_bytes() == Path("/bin/busybox").read_bytes()
+    assert inspect("from-image")["Config"]["WorkingDir"] == "/"

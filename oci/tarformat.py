@@ -253,6 +253,9 @@ def _cstring(raw: bytes) -> bytes:
     return raw.split(b"\0", 1)[0]
 
 
+_HIGH_BYTES = bytes(range(128, 256))
+
+
 def _checksum_ok(block: bytes) -> bool:
     stored = block[148:156]
     try:
@@ -261,8 +264,11 @@ def _checksum_ok(block: bytes) -> bool:
         return False
     blanked = block[:148] + b" " * 8 + block[156:]
     unsigned = sum(blanked)
-    signed = sum(b - 256 if b > 127 else b for b in blanked)
-    return expected in (unsigned, signed)
+    if expected == unsigned:
+        return True
+    # Some old writers summed signed chars: every byte above 127 then counts 256 less.
+    high = len(blanked) - len(blanked.translate(None, _HIGH_BYTES))
+    return expected == unsigned - 256 * high
 
 
 def _parse_pax(data: bytes) -> dict[str, bytes]:

@@ -1,5 +1,6 @@
 """The Linux system calls the sandbox needs and Python 3.11 does not expose: unshare, mount, umount2,
-pivot_root, sethostname and prctl(PR_SET_PDEATHSIG), through ctypes, each raising OSError with errno on failure.
+pivot_root, sethostname, capset and prctl (PR_SET_PDEATHSIG, the capability bounding and ambient sets), through
+ctypes, each raising OSError with errno on failure.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "MS_RDONLY",
     "MS_REC",
     "MS_REMOUNT",
+    "keep_capabilities",
     "mount",
     "mount_overlay",
     "pivot_root",
@@ -51,6 +53,10 @@ MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 
 _PR_SET_PDEATHSIG = 1
+_PR_CAPBSET_DROP = 24
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_CAPABILITY_VERSION_3 = 0x20080522
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217, "riscv64": 41}
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -81,7 +87,9 @@ _OVERLAY_EXTRAS = (",redirect_dir=off,index=off,metacopy=off,volatile", ",redire
 MAX_LOWERS = 200
 
 
-def mount_overlay(target: str, lowers: list[str], upper: str | None = None, work: str | None = None) -> None:
+def mount_overlay(
+    target: str, lowers: list[str], upper: str | None = None, work: str | None = None, flags: int = 0
+) -> None:
     """Mount an overlay of ``lowers`` (top first) on ``target``; read-only unless ``upper`` and ``work`` are given.
 
     Each lower is opened and named by its descriptor, so long store paths do not overflow the mount data.
@@ -100,7 +108,7 @@ def mount_overlay(target: str, lowers: list[str], upper: str | None = None, work
         last: OSError | None = None
         for extra in _OVERLAY_EXTRAS:
             try:
-                mount("overlay", target, "overlay", 0, data + extra)
+                mount("overlay", target, "overlay", flags, data + extra)
                 return
             except OSError as err:
                 last = err
@@ -131,3 +139,36 @@ def sethostname(name: str) -> None:
 def set_parent_death_signal(signum: int) -> None:
     """Have the kernel send ``signum`` to this process when its parent dies."""
     _check(_libc.prctl(ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(signum), 0, 0, 0), "prctl")
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _last_capability() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 40
+
+
+def keep_capabilities(keep: frozenset[int]) -> None:
+    """Reduce this process to the capabilities in ``keep``: the bounding set (so no later exec, setuid binaries
+    included, can gain more), the effective, permitted and inheritable sets, and an empty ambient set."""
+    for cap in range(_last_capability() + 1):
+        if cap not in keep:
+            result = _libc.prctl(ctypes.c_int(_PR_CAPBSET_DROP), ctypes.c_ulong(cap), 0, 0, 0)
+            if result != 0 and ctypes.get_errno() != errno.EINVAL:  # EINVAL: the kernel does not know this one
+                _check(result, "prctl(PR_CAPBSET_DROP)")
+    _libc.prctl(ctypes.c_int(_PR_CAP_AMBIENT), ctypes.c_ulong(_PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0)
+    mask = [0, 0]
+    for cap in keep:
+        mask[cap // 32] |= 1 << (cap % 32)
+    header = _CapHeader(_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)(*(_CapData(m, m, m) for m in mask))
+    _check(_libc.capset(ctypes.byref(header), data), "capset")

@@ -38,7 +38,7 @@ from builder import linux
 __all__ = ["SETUP_FAILED", "main"]
 
 SETUP_FAILED = 125
-_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
+_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 _DEV_LINKS = (
     ("fd", "/proc/self/fd"),
     ("stdin", "/proc/self/fd/0"),
@@ -47,6 +47,27 @@ _DEV_LINKS = (
     ("ptmx", "pts/ptmx"),
     ("core", "/proc/kcore"),
 )
+#: Docker's default capabilities (moby's oci/caps/defaults.go, BuildKit's too): no CAP_SYS_ADMIN, CAP_NET_ADMIN,
+#: CAP_SYS_MODULE, CAP_SYS_PTRACE, ...: a RUN can neither mount, nor reconfigure the host's network it shares,
+#: nor load modules. CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE NET_RAW
+#: SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP:
+DEFAULT_CAPABILITIES = frozenset({0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31})
+#: runc's default masked and read-only /proc and /sys paths.
+_MASKED = (
+    "proc/acpi",
+    "proc/asound",
+    "proc/interrupts",
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/scsi",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+)
+_READ_ONLY = ("proc/bus", "proc/fs", "proc/irq", "proc/sys", "proc/sysrq-trigger")
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
@@ -71,12 +92,15 @@ def _fail(message: str) -> NoReturn:
 
 
 def _mount_dev(root: str) -> None:
+    """A fresh /dev, mounted nodev: the device files are the host's own bound in one by one, so a device node a
+    RUN makes (root may mknod) can be created but never opened, and the host's disks stay out of reach."""
     dev = os.path.join(root, "dev")
-    linux.mount("tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_NOEXEC, "mode=755,size=65536k")
-    for name, major, minor in _DEVICES:
+    linux.mount("tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_NOEXEC | linux.MS_NODEV, "mode=755,size=65536k")
+    for name in _DEVICES:
         path = os.path.join(dev, name)
-        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
-        os.chmod(path, 0o666)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        linux.mount(f"/dev/{name}", path, None, linux.MS_BIND)
+        linux.mount(None, path, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_NOSUID | linux.MS_NOEXEC)
     for name, target in _DEV_LINKS:
         os.symlink(target, os.path.join(dev, name))
     os.mkdir(os.path.join(dev, "pts"), 0o755)
@@ -109,6 +133,26 @@ def _mount_sys(root: str) -> None:
         linux.mount(None, target, None, linux.MS_BIND | linux.MS_REMOUNT | flags)
 
 
+def _mask(root: str) -> None:
+    """runc's defaults: what in /proc and /sys could read or change the host is hidden or read-only."""
+    for rel in _MASKED:
+        path = os.path.join(root, rel)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            linux.mount("tmpfs", path, "tmpfs", linux.MS_RDONLY, "size=0")
+        else:
+            linux.mount("/dev/null", path, None, linux.MS_BIND)
+    for rel in _READ_ONLY:
+        path = os.path.join(root, rel)
+        if not os.path.lexists(path):
+            continue
+        linux.mount(path, path, None, linux.MS_BIND | linux.MS_REC)
+        linux.mount(None, path, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | linux.MS_REC)
+
+
 def _bind_file(source: str, root: str, target: str) -> None:
     path = os.path.join(root, target.lstrip("/"))
     try:
@@ -133,12 +177,15 @@ def _prepare_root(spec: dict[str, Any]) -> None:
     root = spec["merged"]
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
     try:
-        linux.mount_overlay(root, spec["lowers"], spec["upper"], spec["work"])
+        # nodev: a device node in the image or made by the RUN cannot be opened (the host's own devices are
+        # bound into /dev); setuid binaries keep working, as in Docker.
+        linux.mount_overlay(root, spec["lowers"], spec["upper"], spec["work"], linux.MS_NODEV)
     except OSError as err:
         raise SetupError(err.strerror or str(err)) from None
     linux.mount("proc", os.path.join(root, "proc"), "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
     _mount_dev(root)
     _mount_sys(root)
+    _mask(root)
     for name in ("hosts", "resolv.conf", "hostname"):
         _bind_file(spec["files"][name], root, f"/etc/{name}")
     for mount in spec.get("mounts", []):
@@ -262,13 +309,16 @@ def _init(spec: dict[str, Any]) -> NoReturn:
     command = os.fork()
     if command == 0:
         try:
+            # No descriptor of ours may be a way out (runc CVE-2024-21626): close them before anything looks up
+            # a path such as the working directory, which could name /proc/self/fd/N.
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
             os.setgroups(groups)
             os.setgid(gid)
+            linux.keep_capabilities(DEFAULT_CAPABILITIES)
             os.setuid(uid)
             os.chdir(cwd)
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
                 signal.signal(signum, signal.SIG_DFL)
-            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
             argv = spec["argv"]
             environment = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
             os.execvpe(argv[0], argv, environment)

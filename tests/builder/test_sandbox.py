@@ -18,6 +18,7 @@ from conftest import REPO, require_root
 
 from builder.executor import DEFAULT_HOSTNAME, RunSpec, SandboxError, run_container
 from builder.rootfs import ensure_skeleton
+from builder.sandbox import DEFAULT_CAPABILITIES
 from builder.snapshot import SnapshotStore
 from oci.digest import Digest
 
@@ -174,10 +175,14 @@ def test_mounts_stay_inside(run: Runner, image: Image) -> None:
     assert ours() == before == []
     lines = [line.split() for line in result.output.splitlines()]
     points = {fields[4]: fields for fields in lines}
-    assert set(points) == {
+    from builder.sandbox import _MASKED, _READ_ONLY
+
+    hidden = {f"/{rel}" for rel in (*_MASKED, *_READ_ONLY)}
+    assert {p for p in points if p not in hidden} == {
         "/",
         "/proc",
         "/dev",
+        *(f"/dev/{name}" for name in ("null", "zero", "full", "random", "urandom", "tty")),
         "/dev/pts",
         "/dev/mqueue",
         "/dev/shm",
@@ -186,6 +191,8 @@ def test_mounts_stay_inside(run: Runner, image: Image) -> None:
         "/etc/resolv.conf",
         "/etc/hostname",
     }, result.output
+    present = {p for p in hidden if os.path.exists(p)}  # this kernel may lack some (/proc/kcore, ...)
+    assert "/proc/sys" in present and present <= set(points), "runc's masks and read-only paths"
     root = points["/"]
     assert root[root.index("-") + 1] == "overlay"
     assert f"upperdir={result.scratch / 'upper'}," in root[-1]  # so the check above had something to find
@@ -508,3 +515,19 @@ def test_output_streams_and_idle_is_called(run: Runner, image: Image) -> None:
 def test_output_is_merged_stdout_and_stderr(run: Runner) -> None:
     result = run("echo out; echo err >&2; echo out2")
     assert result.output == "out\nerr\nout2\n"
+
+
+def test_root_in_the_container_has_only_dockers_default_capabilities(run: Runner) -> None:
+    result = run(
+        "grep -E '^Cap(Prm|Eff|Bnd|Amb)' /proc/self/status;"
+        " mknod /tmp/disk b 7 0 && (cat /tmp/disk > /dev/null 2>&1 && echo DISK-READ || echo disk-refused);"
+        " hostname other 2>/dev/null && echo HOSTNAME-SET || echo hostname-refused;"
+        " (echo 1 > /proc/sys/kernel/panic) 2>/dev/null && echo PROC-SYS-WRITTEN || echo proc-sys-read-only;"
+        " mkdir -p /mnt/t && (mount -t tmpfs t /mnt/t 2>/dev/null && echo MOUNTED || echo mount-refused)"
+    )
+    assert result.status == 0, result.output
+    caps = dict(line.split(":\t") for line in result.output.splitlines() if line.startswith("Cap"))
+    expected = f"{sum(1 << cap for cap in DEFAULT_CAPABILITIES):016x}"
+    assert caps == {"CapPrm": expected, "CapEff": expected, "CapBnd": expected, "CapAmb": "0" * 16}
+    for refused in ("disk-refused", "hostname-refused", "proc-sys-read-only", "mount-refused"):
+        assert refused in result.output, result.output

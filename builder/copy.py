@@ -212,7 +212,6 @@ class CopyOptions:
     chmod: str = ""
     clamp: int | None = None  # SOURCE_DATE_EPOCH: no mtime in the layer is later
     scratch: Path | None = None  # where ADD extracts archives (kept until the layer is written)
-    instruction: str = "COPY"
 
 
 # ----------------------------------------------------------------------------------------------- owners
@@ -220,7 +219,7 @@ class CopyOptions:
 
 def _read_db(view: RootView, name: str) -> list[list[str]]:
     try:
-        rel = resolve(_ViewNodes(view), f"/etc/{name}")
+        rel = resolve(ImageTree(view), f"/etc/{name}")
         with view.open(rel) as f:
             text = f.read(4 << 20).decode("utf-8", errors="replace")
     except (OSError, CopyError):
@@ -339,17 +338,6 @@ def resolve(tree: _Nodes, path: str, follow_last: bool = True) -> str:
             continue
         resolved.append(part)
     return "/".join(resolved)
-
-
-class _ViewNodes:
-    def __init__(self, view: RootView) -> None:
-        self.view = view
-
-    def lstat(self, rel: str) -> os.stat_result | None:
-        return self.view.lstat(rel)
-
-    def readlink(self, rel: str) -> str:
-        return self.view.readlink(rel)
 
 
 def _match_wildcards(tree: SourceTree, path: str) -> list[str]:

@@ -24,9 +24,9 @@ from typing import BinaryIO
 from oci.apply import OVERLAY_OPAQUE, apply_layer, remove_tree
 from oci.digest import Digest
 from oci.errors import UnsafeEntry
-from oci.layer import WHITEOUT_PREFIX, LayerItem, entry_for_stat, opaque, whiteout
+from oci.layer import WHITEOUT_PREFIX, LayerItem, entry_for_stat, object_item, opaque, whiteout
 from oci.store import pid_alive
-from oci.tarformat import EntryType, TarEntry
+from oci.tarformat import TarEntry
 
 __all__ = ["RootView", "SnapshotStore", "remove_dir", "upper_items"]
 
@@ -309,38 +309,9 @@ def upper_items(upper: Path, lower: RootView, *, clamp_mtime: int | None = None)
         if entry is None or (st.st_nlink == 1 and _unchanged(st, full, base)):
             continue
         yield from parents()
-        if st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
-            first = seen_inodes.get(key)
-            if first is not None:
-                yield LayerItem(
-                    TarEntry(
-                        rel,
-                        EntryType.HARDLINK,
-                        mode=entry.mode,
-                        uid=entry.uid,
-                        gid=entry.gid,
-                        mtime=entry.mtime,
-                        linkname=first,
-                        xattrs=entry.xattrs,
-                    )
-                )
-                continue
-            seen_inodes[key] = rel
-        if entry.type is EntryType.FILE:
-            yield LayerItem(entry, _opener(full))
-        else:
-            yield LayerItem(entry)
+        yield object_item(entry, full, st, seen_inodes)
 
 
 def _children(directory: str) -> list[str]:
     # Reversed, so that pop() takes them in ascending byte order.
     return sorted(os.listdir(directory), key=os.fsencode, reverse=True)
-
-
-def _opener(full: str) -> Callable[[], BinaryIO]:
-    def open_file() -> BinaryIO:
-        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        return os.fdopen(fd, "rb", buffering=0)
-
-    return open_file

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -46,7 +46,6 @@ from oci.frozen import FrozenMap
 from oci.image import Image, load_image
 from oci.layer import LayerItem, tree_items, write_layer
 from oci.layout import ImageLayout
-from oci.reference import Reference
 
 __all__ = ["BuildOptions", "BuildResult", "solve"]
 
@@ -336,7 +335,6 @@ class _Solver:
                 chmod=instruction.chmod,
                 clamp=self.options.epoch,
                 scratch=scratch,
-                instruction=name,
             )
             items = copying.copy_items(sources, step.dest, self.view(rootfs), options)
             new, _ = self.write_layer(rootfs, items)
@@ -434,8 +432,3 @@ def replace_owner(item: LayerItem) -> LayerItem:
 def solve(plan: BuildPlan, store: Store, options: BuildOptions, progress: Progress) -> BuildResult:
     """Execute ``plan`` and store the target stage's image (untagged: tagging is the caller's)."""
     return _Solver(plan, store, options, progress).solve()
-
-
-def tag_image(store: Store, image: Image, names: Sequence[Reference]) -> None:
-    for ref in names:
-        store.layout.tag(str(ref), image.descriptor)

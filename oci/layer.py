@@ -29,6 +29,7 @@ __all__ = [
     "OPAQUE",
     "WHITEOUT_PREFIX",
     "entry_for_stat",
+    "object_item",
     "opaque",
     "sort_key",
     "tree_items",
@@ -126,6 +127,30 @@ def _opener(full: str) -> Callable[[], BinaryIO]:
     return open_file
 
 
+def object_item(entry: TarEntry, full: str, st: os.stat_result, links: dict[tuple[int, int], str]) -> LayerItem:
+    """The item for a non-directory ``entry`` read from ``full``: a hardlink to the first path written with the
+    same inode (``links`` remembers them across calls), else the entry, with a way to open a file's content."""
+    if st.st_nlink > 1:
+        key = (st.st_dev, st.st_ino)
+        first = links.get(key)
+        if first is not None:
+            link = TarEntry(
+                entry.path,
+                EntryType.HARDLINK,
+                mode=entry.mode,
+                uid=entry.uid,
+                gid=entry.gid,
+                mtime=entry.mtime,
+                linkname=first,
+                xattrs=entry.xattrs,
+            )
+            return LayerItem(link)
+        links[key] = entry.path
+    if entry.type is EntryType.FILE:
+        return LayerItem(entry, _opener(full))
+    return LayerItem(entry)
+
+
 def tree_items(
     root: str | Path,
     *,
@@ -155,30 +180,11 @@ def tree_items(
         entry = entry_for_stat(rel, full, st, clamp_mtime=clamp_mtime, xattrs=xattrs)
         if entry is None:
             continue
-        if entry.type is not EntryType.DIR and st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
-            first = seen_inodes.get(key)
-            if first is not None:
-                yield LayerItem(
-                    TarEntry(
-                        rel,
-                        EntryType.HARDLINK,
-                        mode=entry.mode,
-                        uid=entry.uid,
-                        gid=entry.gid,
-                        mtime=entry.mtime,
-                        linkname=first,
-                        xattrs=entry.xattrs,
-                    )
-                )
-                continue
-            seen_inodes[key] = rel
-        if entry.type is EntryType.FILE:
-            yield LayerItem(entry, _opener(full))
-        else:
-            yield LayerItem(entry)
         if entry.type is EntryType.DIR:
+            yield LayerItem(entry)
             stack.append((rel, _sorted_children(full)))
+        else:
+            yield object_item(entry, full, st, seen_inodes)
 
 
 def _sorted_children(directory: str) -> list[str]:

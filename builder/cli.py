@@ -46,6 +46,7 @@ from oci.compression import Compression
 from oci.descriptor import Platform
 from oci.errors import InvalidReference, OCIError
 from oci.reference import Reference
+from oci.store import atomic_file
 
 __all__ = ["main"]
 
@@ -256,9 +257,8 @@ def cmd_build(ctx: _Context) -> int:
 
 
 def _write_iidfile(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(text)
-    os.replace(temp, path)
+    with atomic_file(path.absolute()) as f:
+        f.write(text.encode())
 
 
 def _report_checks(ctx: _Context, plan: BuildPlan) -> int:

@@ -23,7 +23,6 @@ processes compressing the same layer at once write the same blob and the same me
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -35,7 +34,7 @@ from oci.compression import Compression, compressor, decompress_stream
 from oci.descriptor import Descriptor
 from oci.digest import Digest
 from oci.errors import BlobNotFound, InvalidDigest, InvalidDocument, UnsupportedMediaType
-from oci.store import fsync_dir
+from oci.store import atomic_file
 
 __all__ = ["MEMO_DIR", "CompressedLayers"]
 
@@ -128,19 +127,9 @@ class CompressedLayers:
         target.parent.mkdir(parents=True, exist_ok=True)
         ingest = self._blobs.ingest_dir
         ingest.mkdir(parents=True, exist_ok=True)
-        # Named like the content store's temporaries (<pid>-….part), so that its sweep removes a dead writer's.
-        temp = ingest / f"{os.getpid()}-{os.urandom(8).hex()}-memo.part"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temp, target)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        fsync_dir(target.parent)
+        # The temporary file is in the content store's ingest directory, so its sweep removes a dead writer's.
+        with atomic_file(target, ingest) as f:
+            f.write(data)
 
 
 def _drain(stream: BinaryIO) -> None:

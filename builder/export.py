@@ -85,7 +85,7 @@ from oci.layer import LayerItem, tree_items, write_layer
 from oci.layout import LAYOUT_FILE, LAYOUT_VERSION, ImageLayout
 from oci.manifest import Index
 from oci.reference import Reference
-from oci.store import ContentStore, fsync_dir
+from oci.store import ContentStore, atomic_file
 from oci.tarformat import EntryType, TarEntry, TarWriter
 
 __all__ = ["CREATED", "OutputSpec", "check_destination", "export_image", "parse_output"]
@@ -658,18 +658,7 @@ def _output(spec: OutputSpec, stdout: BinaryIO | None) -> Iterator[BinaryIO]:
         stdout.flush()
         return
     target = Path(spec.dest).absolute()
-    temp = target.parent / f".{target.name}.{os.getpid()}-{os.urandom(6).hex()}.part"
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)  # the umask applies
-    except FileNotFoundError:
-        raise UsageError(f"cannot write {spec.dest}: its directory does not exist") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f  # type: ignore[misc]
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    fsync_dir(target.parent)
+    if not target.parent.is_dir():
+        raise UsageError(f"cannot write {spec.dest}: its directory does not exist")
+    with atomic_file(target, mode=0o666) as f:  # the umask applies
+        yield f

@@ -20,7 +20,7 @@ from oci.descriptor import Descriptor, Platform
 from oci.errors import InvalidDocument, LayoutError
 from oci.image import Image, load_image
 from oci.manifest import Index, parse_index
-from oci.store import ContentStore, fsync_dir
+from oci.store import ContentStore, atomic_file
 
 __all__ = ["ImageLayout", "INDEX_FILE", "LAYOUT_FILE", "LAYOUT_VERSION"]
 
@@ -100,18 +100,8 @@ class ImageLayout:
     def _write_atomically(self, name: str, data: bytes) -> None:
         ingest = self.root / INGEST_DIR
         ingest.mkdir(exist_ok=True)
-        temp = ingest / f"{os.getpid()}-{os.urandom(6).hex()}-{name}.part"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temp, self.root / name)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        fsync_dir(self.root)
+        with atomic_file(self.root / name, ingest) as f:
+            f.write(data)
 
     # --- tags
 

@@ -14,6 +14,7 @@ import errno
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -28,7 +29,7 @@ from oci.errors import (
     VerificationError,
 )
 
-__all__ = ["BlobWriter", "ContentStore", "fsync_dir", "pid_alive"]
+__all__ = ["BlobWriter", "ContentStore", "atomic_file", "fsync_dir", "pid_alive"]
 
 _CHUNK = 1 << 20
 _TEMP_SUFFIX = ".part"
@@ -112,6 +113,29 @@ class BlobWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.abort()
+
+
+@contextmanager
+def atomic_file(target: Path, temp_dir: Path | None = None, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """A file that becomes ``target`` whole or not at all: written to a temporary file, fsynced, renamed over
+    ``target``, and the directory fsynced; on any error the temporary file is removed and ``target`` untouched.
+
+    The temporary file lives in ``temp_dir`` (same filesystem as ``target``; an ingest directory, whose sweep
+    recognises ``<pid>-…`` names of dead writers), else beside ``target``, hidden.
+    """
+    name = f"{os.getpid()}-{os.urandom(6).hex()}-{target.name}{_TEMP_SUFFIX}"
+    temp = temp_dir / name if temp_dir is not None else target.parent / f".{name}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)
 
 
 def _create_temp(directory: Path) -> tuple[int, Path]:

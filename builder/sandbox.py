@@ -272,7 +272,7 @@ def resolve_user(user: str) -> tuple[int, int, list[int], str]:
 
 
 def _wait_for(pid: int) -> int:
-    """Reap every child (we are PID 1) until ``pid`` exits; return its shell-style status."""
+    """Reap every child (init is PID 1 and inherits orphans) until ``pid`` exits; return its shell status."""
     while True:
         try:
             child, status = os.waitpid(-1, 0)
@@ -360,18 +360,7 @@ def main(argv: list[str]) -> NoReturn:
         pass
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda s, f: os.kill(init, s))
-    os._exit(_wait_for_one(init))
-
-
-def _wait_for_one(pid: int) -> int:
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-        except InterruptedError:
-            continue
-        if os.WIFSIGNALED(status):
-            return 128 + os.WTERMSIG(status)
-        return os.WEXITSTATUS(status)
+    os._exit(_wait_for(init))
 
 
 if __name__ == "__main__":

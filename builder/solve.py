@@ -257,7 +257,7 @@ class _Solver:
 
     # --- steps
 
-    def run(self, stage: PlannedStage, step: Step, rootfs: Rootfs, config: ImageConfig, out: StepProgress) -> Rootfs:
+    def run(self, step: Step, rootfs: Rootfs, out: StepProgress) -> Rootfs:
         run = step.instruction
         assert isinstance(run, ins.Run)
         if step.mounts:
@@ -375,7 +375,7 @@ class _Solver:
                 out = self.progress.step(_display(instruction), stage=label, index=index, total=total)
                 try:
                     if isinstance(instruction, ins.Run):
-                        new = self.run(stage, step, rootfs, base.config, out)
+                        new = self.run(step, rootfs, out)
                     elif isinstance(instruction, ins.Workdir):
                         new = self.workdir(step, rootfs)
                     else:
@@ -392,7 +392,7 @@ class _Solver:
                     out.fail("interrupted")
                     raise
                 out.finish()
-                changed = new is not rootfs and len(new.layers) > len(rootfs.layers)
+                changed = len(new.layers) > len(rootfs.layers)
                 rootfs = new
             if step.history:
                 history.append(

@@ -42,7 +42,7 @@ from builder.snapshot import RootView
 from oci.apply import apply_layer
 from oci.compression import decompress_stream
 from oci.errors import OCIError
-from oci.layer import LayerItem, entry_for_stat, sort_key, tree_items
+from oci.layer import WHITEOUT_PREFIX, LayerItem, entry_for_stat, sort_key, tree_items
 from oci.tarformat import EntryType, TarEntry, TarReader
 
 __all__ = [
@@ -529,6 +529,9 @@ class _Copier:
         self._put(tree, src, target, st)
 
     def _put(self, tree: SourceTree, src: str, target: str, st: os.stat_result) -> None:
+        if posixpath.basename(target).startswith(WHITEOUT_PREFIX):
+            # In a layer it would be a whiteout and delete a path (podman#3582), as RUN's differ refuses too.
+            raise CopyError(f"/{target}: a file named .wh.* cannot be stored in a layer (it would delete a path)")
         real = tree.real_path(src)
         full = os.fsdecode(real) if real is not None else ""
         entry = entry_for_stat(target, full, st, xattrs=bool(full))

@@ -568,3 +568,12 @@ def test_copy_from_an_image_in_the_store_keeps_its_owners(tmp_path: Path, busybo
     assert (os.stat(rootfs / "data" / "f").st_uid, os.stat(rootfs / "data" / "f").st_gid) == (1234, 99)
     assert (rootfs / "bb").read_bytes() == Path("/bin/busybox").read_bytes()
     assert inspect("from-image")["Config"]["WorkingDir"] == "/"
+
+
+def test_copy_refuses_a_file_that_would_be_a_whiteout(tmp_path: Path, busybox: str) -> None:
+    ctx = context(tmp_path, "FROM busybox\nCOPY .wh.passwd /etc/\n", {".wh.passwd": ""})
+    result = build(str(ctx))
+    assert result.code == 1
+    assert "Dockerfile:2:" in last_error(result) and "/etc/.wh.passwd: a file named .wh.*" in last_error(result)
+    ctx = context(tmp_path, "FROM busybox\nCOPY d /etc/\n", {"d/.wh.group": ""}, name="nested")
+    assert "/etc/.wh.group: a file named .wh.*" in last_error(build(str(ctx)))

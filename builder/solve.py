@@ -297,7 +297,7 @@ class _Solver:
         finally:
             remove_dir(scratch)
 
-    def copy(self, stage: PlannedStage, step: Step, rootfs: Rootfs, out: StepProgress) -> Rootfs:
+    def copy(self, stage: PlannedStage, step: Step, rootfs: Rootfs) -> Rootfs:
         instruction = step.instruction
         assert isinstance(instruction, ins.Copy | ins.Add)
         is_add = isinstance(instruction, ins.Add)
@@ -379,7 +379,7 @@ class _Solver:
                     elif isinstance(instruction, ins.Workdir):
                         new = self.workdir(step, rootfs)
                     else:
-                        new = self.copy(stage, step, rootfs, out)
+                        new = self.copy(stage, step, rootfs)
                 except BuildError as err:
                     located = self.located(err, step.line)
                     out.fail(located.message)

@@ -226,6 +226,9 @@ def cmd_build(ctx: _Context) -> int:
         network=args.network,
         epoch=epoch,
         build_args=request.build_args,
+        no_cache=args.no_cache,
+        no_cache_filter=frozenset(name for text in args.no_cache_filter for name in text.split(",") if name),
+        names=tuple(str(ref) for ref in names),
     )
     try:
         result = solve(plan, ctx.store, options, progress)
@@ -480,7 +483,14 @@ def _build_parser() -> _Parser:
         action="store_true",
         help="clamp every timestamp to SOURCE_DATE_EPOCH (0 when unset) so the same inputs give the same digest",
     )
-    p.add_argument("--no-cache", action="store_true", help="run every step (pybuild has no step cache yet)")
+    p.add_argument("--no-cache", action="store_true", help="run every step (the new results are still cached)")
+    p.add_argument(
+        "--no-cache-filter",
+        action="append",
+        default=[],
+        metavar="STAGE[,STAGE...]",
+        help="run every step of these stages (repeatable)",
+    )
 
     p = verb("context", "Inspect build contexts", _no_subcommand)
     context_verbs = p.add_subparsers(dest="context_command", metavar="COMMAND", parser_class=_Parser)

@@ -55,6 +55,9 @@ __all__ = [
     "copy_items",
     "directory_items",
     "lookup_user",
+    "match_wildcards",
+    "parts",
+    "resolve",
 ]
 
 _MAX_LINKS = 255
@@ -108,27 +111,27 @@ class ContextTree:
             self._sent = sent
         return rel in self._sent
 
-    def real_path(self, rel: str) -> bytes | None:
-        return os.path.join(self.root, os.fsencode(rel)) if rel else self.root
+    def real_path(self, rel: str) -> bytes:
+        return self.root + b"/" + rel.encode("utf-8", "surrogateescape") if rel else self.root
 
     def lstat(self, rel: str) -> os.stat_result | None:
         if not self._visible(rel):
             return None
         try:
-            return os.lstat(self.real_path(rel))  # type: ignore[arg-type]
+            return os.lstat(self.real_path(rel))
         except (FileNotFoundError, NotADirectoryError):
             return None
 
     def readlink(self, rel: str) -> str:
-        return os.fsdecode(os.readlink(self.real_path(rel)))  # type: ignore[arg-type]
+        return os.fsdecode(os.readlink(self.real_path(rel)))
 
     def listdir(self, rel: str) -> list[str]:
-        names = sorted(os.listdir(self.real_path(rel)))  # type: ignore[arg-type]
+        names = sorted(os.listdir(self.real_path(rel)))
         prefix = f"{rel}/" if rel else ""
         return [name for name in map(os.fsdecode, names) if self._visible(prefix + name)]
 
     def open(self, rel: str) -> BinaryIO:
-        fd = os.open(self.real_path(rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # type: ignore[arg-type]
+        fd = os.open(self.real_path(rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         return os.fdopen(fd, "rb")
 
 
@@ -308,14 +311,15 @@ class _Nodes(Protocol):
     def readlink(self, rel: str) -> str: ...
 
 
-def _parts(path: str) -> list[str]:
+def parts(path: str) -> list[str]:
+    """A relative or absolute path's components, without empty ones and ``.``."""
     return [p for p in path.split("/") if p not in ("", ".")]
 
 
 def resolve(tree: _Nodes, path: str, follow_last: bool = True) -> str:
     """continuity's fs.RootPath: ``path`` with every symlink resolved inside the tree's root (the result need not
     exist; components past a missing one are taken as they are)."""
-    pending = _parts(path)
+    pending = parts(path)
     pending.reverse()
     resolved: list[str] = []
     links = 0
@@ -334,20 +338,20 @@ def resolve(tree: _Nodes, path: str, follow_last: bool = True) -> str:
             target = tree.readlink(candidate)
             if target.startswith("/"):
                 resolved = []
-            pending.extend(reversed(_parts(target) or []))
+            pending.extend(reversed(parts(target) or []))
             continue
         resolved.append(part)
     return "/".join(resolved)
 
 
-def _match_wildcards(tree: SourceTree, path: str) -> list[str]:
+def match_wildcards(tree: SourceTree, path: str) -> list[str]:
     """fsutil's ResolveWildcards: the literal prefix resolved, then the rest matched below it in walk order."""
-    parts = _parts(path)
-    split = next((i for i, p in enumerate(parts) if has_wildcards(p)), len(parts))
-    if split == len(parts):
-        return ["/".join(parts)]
-    base = resolve(tree, "/".join(parts[:split]))
-    pattern = "/".join(parts[split:])
+    names = parts(path)
+    split = next((i for i, p in enumerate(names) if has_wildcards(p)), len(names))
+    if split == len(names):
+        return ["/".join(names)]
+    base = resolve(tree, "/".join(names[:split]))
+    pattern = "/".join(names[split:])
     st = tree.lstat(base)
     if st is None or not stat.S_ISDIR(st.st_mode):
         return []
@@ -456,9 +460,9 @@ class _Copier:
 
     def mkdir_all(self, rel: str) -> None:
         """fsutil's MkdirAll: create what is missing (0755, the --chown owner, now)."""
-        parts = _parts(rel)
-        for i in range(len(parts)):
-            prefix = "/".join(parts[: i + 1])
+        names = parts(rel)
+        for i in range(len(names)):
+            prefix = "/".join(names[: i + 1])
             kind = _kind(self.lstat(prefix))
             if kind == "dir":
                 continue
@@ -473,7 +477,7 @@ class _Copier:
 
     def copy_source(self, source: CopySource, dest: str) -> None:
         tree = source.tree
-        matches = _match_wildcards(tree, source.path)
+        matches = match_wildcards(tree, source.path)
         if not matches:
             return  # a wildcard that matches nothing is allowed, and then nothing is created (BuildKit's docopy)
         head, tail = posixpath.split(dest)
@@ -485,7 +489,7 @@ class _Copier:
             src = resolve(tree, match)
             st = tree.lstat(src)
             if st is None:
-                raise CopyError(f'"/{"/".join(_parts(source.path))}": not found')
+                raise CopyError(f'"/{"/".join(parts(source.path))}": not found')
             if source.unpack and stat.S_ISREG(st.st_mode) and _is_archive(tree, src):
                 self.unpack(tree, src, dest)
                 continue

@@ -41,7 +41,17 @@ from oci.errors import InvalidReference
 from oci.frozen import FrozenMap
 from oci.reference import Reference
 
-__all__ = ["Base", "BuildPlan", "PlanOptions", "PlannedStage", "Source", "Step", "plan_build", "plan_dockerfile"]
+__all__ = [
+    "Base",
+    "BuildPlan",
+    "PlanOptions",
+    "PlannedStage",
+    "Source",
+    "Step",
+    "instruction_json",
+    "plan_build",
+    "plan_dockerfile",
+]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ("/bin/sh", "-c")
@@ -198,7 +208,8 @@ def _value_json(value: Any) -> Any:
     return value
 
 
-def _instruction_json(instruction: ins.Instruction) -> dict[str, Any]:
+def instruction_json(instruction: ins.Instruction) -> dict[str, Any]:
+    """An instruction's (expanded) arguments as JSON: what --print-plan shows and cache keys hold."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(instruction):
         if f.name in ("line", "end_line", "original", "written_keyword"):
@@ -228,7 +239,7 @@ def _step_json(step: Step) -> dict[str, Any]:
         "line": step.line,
         "instruction": step.instruction.keyword,
         "original": step.instruction.original,
-        "args": _instruction_json(step.instruction),
+        "args": instruction_json(step.instruction),
         "workdir": step.workdir,
         "user": step.user,
         "env": list(step.env),

@@ -68,6 +68,7 @@ class StepProgress:
         self.ended: float | None = None
         self.state = _RUNNING
         self.message = ""
+        self.notes: list[str] = []
         # Output kept for the live view: the last complete lines, cleaned for the terminal.
         self.tail: deque[str] = deque(maxlen=max(LIVE_TAIL, ERROR_TAIL))
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -82,6 +83,11 @@ class StepProgress:
         """Raw output from the step: any bytes, in any pieces (partial lines, split UTF-8 sequences)."""
         if self.state == _RUNNING:
             self._progress._log(self, data)
+
+    def note(self, text: str) -> None:
+        """A line about the step rather than from it (why its cache missed): kept in the final view too."""
+        if self.state == _RUNNING:
+            self._progress._note(self, _one_line(str(text)))
 
     def cached(self) -> None:
         self._progress._end(self, _CACHED)
@@ -233,6 +239,13 @@ class Progress:
             _keep(step, lines)
             if now - self._last_draw >= REDRAW_INTERVAL - _SLACK:
                 self._draw(now)
+
+    def _note(self, step: StepProgress, text: str) -> None:
+        step.notes.append(text)
+        if self._plain:
+            self._emit_plain(self._focus(step) + f"#{step.number} {text}\n")
+        if self._tty:
+            self._draw(self._clock())
 
     def _end(self, step: StepProgress, state: str, message: str = "", *, draw: bool = True) -> None:
         if step.state != _RUNNING:
@@ -387,17 +400,19 @@ def _keep(step: StepProgress, lines: list[tuple[float, str]]) -> None:
 
 
 def _live_tail(step: StepProgress) -> list[str]:
+    notes = [_clean(note) for note in step.notes]
     if step.state != _RUNNING:
-        return []
+        return notes
     lines = list(step.tail)
     partial = _clean(step.partial)
     if partial.strip():
         lines.append(partial)
-    return lines[-LIVE_TAIL:]
+    return notes + lines[-LIVE_TAIL:]
 
 
 def _final_tail(step: StepProgress) -> list[str]:
-    return list(step.tail)[-ERROR_TAIL:] if step.state == _ERROR else []
+    notes = [_clean(note) for note in step.notes]
+    return notes + (list(step.tail)[-ERROR_TAIL:] if step.state == _ERROR else [])
 
 
 def _height(body: list[tuple[StepProgress, list[str]]]) -> int:

@@ -18,18 +18,24 @@ are the build's start time, or ``SOURCE_DATE_EPOCH``, which also clamps every mt
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from builder import cachekey
 from builder import copy as copying
+from builder.cache import CacheEntry, CacheIndex
+from builder.cachekey import Files, Record
+from builder.checksum import StatCache, checksum_source
 from builder.commit import rfc3339, store_image
 from builder.context import load_ignore_rules
 from builder.errors import BuildError, DockerfileError, ImageNotFound
 from builder.executor import DEFAULT_HOSTNAME, RunSpec, run_container
-from builder.fetch import download
+from builder.fetch import Downloaded, download
 from builder.frontend import instructions as ins
 from builder.images import find_image
 from builder.plan import DEFAULT_PATH, HISTORY_COMMENT, BuildPlan, PlannedStage, Source, Step
@@ -41,6 +47,7 @@ from oci import mediatypes as mt
 from oci.compression import Compression
 from oci.config import History, ImageConfig
 from oci.descriptor import Descriptor, Platform
+from oci.digest import Digest
 from oci.errors import OCIError
 from oci.frozen import FrozenMap
 from oci.image import Image, load_image
@@ -60,18 +67,49 @@ class BuildOptions:
     network: str = "default"
     epoch: int | None = None  # SOURCE_DATE_EPOCH (or --reproducible)
     build_args: FrozenMap[str, str] = field(default_factory=FrozenMap)
+    no_cache: bool = False  # run every step (results are still recorded)
+    no_cache_filter: frozenset[str] = frozenset()  # run every step of these stages
+    names: tuple[str, ...] = ()  # the image's names, recorded with the cache entries
 
 
 @dataclass(frozen=True)
 class StageResult:
     rootfs: Rootfs
     config: ImageConfig
+    state: Record  # the parent of the next step (cachekey's parents)
+    about: FrozenMap[str, str] = field(default_factory=FrozenMap)  # the base's name, for explanations
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What happened to one step, for the progress display and ``pybuild cache explain``."""
+
+    stage: str
+    line: int
+    step: str
+    status: str  # "cached", "built" or "failed"
+    key: str
+    reason: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {k: v for k, v in vars(self).items()}
+
+
+@dataclass
+class _Inputs:
+    """What a step's key was computed from that the step itself needs again on a miss."""
+
+    record: Record
+    files: Files | None = None
+    downloads: dict[str, Downloaded] = field(default_factory=dict)  # ADD URL: fetched to compute the key
+    scratch: list[Path] = field(default_factory=list)  # removed when the step ends
 
 
 @dataclass(frozen=True)
 class BuildResult:
     image: Image
     stage: PlannedStage
+    report: tuple[StepReport, ...] = ()
 
 
 def _works(step: Step) -> bool:
@@ -99,6 +137,12 @@ class _Solver:
         self._images: dict[tuple[str, str], Image] = {}
         self._skeleton: Path | None = None
         self.hostname = options.build_args.get("BUILDKIT_SANDBOX_HOSTNAME", "") or DEFAULT_HOSTNAME
+        self.dockerfile = str(options.dockerfile.absolute()) if options.dockerfile is not None else plan.path
+        self.cache = CacheIndex(store.root)
+        self.build_id = ""
+        self.stats: dict[bytes, StatCache] = {}
+        self.report: list[StepReport] = []
+        self._held = contextlib.ExitStack()  # the cache guard, from a layer's commit until its entry is recorded
 
     # --- errors carry the Dockerfile location
 
@@ -194,13 +238,13 @@ class _Solver:
         platform = stage.platform
         if base.kind == "scratch":
             config = ImageConfig(architecture=platform.architecture, os=platform.os, variant=platform.variant)
-            return StageResult(Rootfs(), config)
+            return StageResult(Rootfs(), replace(config, created=self.created), cachekey.scratch_parent())
         if base.kind == "stage":
-            return self.results[base.stage]
+            return replace(self.results[base.stage], about=FrozenMap({"stage": self.plan.stage(base.stage).display}))
         if base.kind == "context":
             image = self.context_image(base.ref, platform, stage.line)
             if image is None:
-                return self.directory_base(base.ref, platform)
+                return self.directory_base(stage)
         else:
             image = self.store_image(base.ref, platform, stage.line)
         try:
@@ -208,16 +252,38 @@ class _Solver:
             pairs = image.layer_pairs()
         except OCIError as err:
             raise DockerfileError(f"{base.ref}: {err}", path=self.plan.path, line=stage.line) from None
-        return StageResult(Rootfs(tuple(d for d, _ in pairs), tuple(i for _, i in pairs)), config)
+        if self.options.epoch is not None or not config.created:
+            config = replace(config, created=self.created)
+        rootfs = Rootfs(tuple(d for d, _ in pairs), tuple(i for _, i in pairs))
+        return StageResult(rootfs, config, cachekey.image_parent(image.digest), FrozenMap({"base": base.ref}))
 
-    def directory_base(self, name: str, platform: Platform) -> StageResult:
-        """``FROM NAME`` where ``--build-context NAME=DIR``: the directory is the root filesystem."""
+    def directory_base(self, stage: PlannedStage) -> StageResult:
+        """``FROM NAME`` where ``--build-context NAME=DIR``: the directory is the root filesystem (one layer,
+        cached under the directory's checksum)."""
+        name, platform, epoch = stage.base.ref, stage.platform, self.options.epoch
         directory = Path(self.options.contexts[name])
-        items = tree_items(directory, clamp_mtime=self.options.epoch)
-        items = (replace_owner(item) for item in items)
-        rootfs, _ = self.write_layer(Rootfs(), items)
+        tree = copying.ContextTree(directory)
+        sums = checksum_source(tree, "", stats=self.stat_cache(tree.root), epoch=epoch)
+        record = cachekey.tree_record(name, sums.matches[0]["tree"], platform=platform, epoch=epoch)
+        key = cachekey.key_of(record)
         config = ImageConfig(architecture=platform.architecture, os=platform.os, variant=platform.variant)
-        return StageResult(rootfs, config)
+        entry = self.lookup(key) if self.may_hit(stage) else None
+        if entry is not None:
+            rootfs = Rootfs()
+            if entry.layer is not None and entry.diff_id is not None:
+                rootfs = rootfs.with_layer(entry.layer, entry.diff_id)
+            created = self.moment(entry.created)
+        else:
+            items = (replace_owner(item) for item in tree_items(directory, clamp_mtime=epoch))
+            try:
+                rootfs, _ = self.write_layer(Rootfs(), items)
+                self.remember(key, _Inputs(record), stage, stage.line, f"FROM {name}", "", rootfs)
+            finally:
+                self._held.close()
+            created = self.created
+        diff_id = rootfs.diff_ids[-1] if rootfs.diff_ids else None
+        state = cachekey.step_parent(key, diff_id)
+        return StageResult(rootfs, replace(config, created=created), state, FrozenMap({"base": f"context {name}"}))
 
     def source_tree(self, source: Source, stage: PlannedStage, line: int) -> copying.SourceTree:
         if source.kind == "context":
@@ -249,6 +315,8 @@ class _Solver:
             yield first
             yield from iterator
 
+        # Held until the step's entry is recorded: prune may not delete this blob (if it existed) before then.
+        self._held.enter_context(self.cache.guard())
         with self.blobs.writer() as blob:
             info = write_layer(everything(), blob, Compression.NONE)
             digest = blob.commit()
@@ -257,18 +325,35 @@ class _Solver:
 
     # --- steps
 
+    def check(self, step: Step) -> None:
+        """Refuse what pybuild cannot do yet, before any key is computed or looked up."""
+        instruction = step.instruction
+        if isinstance(instruction, ins.Run):
+            if step.mounts:
+                raise BuildError("RUN --mount is not supported yet")
+            if instruction.security and instruction.security != "sandbox":
+                raise BuildError(f"RUN --security={instruction.security} is not supported")
+            if os.geteuid() != 0:
+                raise BuildError("RUN needs root for now (rootless builds are planned)", hint="run pybuild as root")
+            if self.network(step) not in ("default", "none", "host"):
+                raise BuildError(f"unsupported network mode {self.network(step)!r} (expected default, none or host)")
+        elif isinstance(instruction, ins.Copy | ins.Add):
+            name = instruction.keyword
+            if instruction.link:
+                raise BuildError(f"{name} --link is not supported yet")
+            if instruction.excludes:
+                raise BuildError(f"{name} --exclude is not supported yet")
+            if isinstance(instruction, ins.Copy) and instruction.parents:
+                raise BuildError("COPY --parents is not supported yet")
+            if step.source is not None and step.source.kind == "git":
+                raise BuildError("ADD of a git repository is not supported yet")
+
+    def network(self, step: Step) -> str:
+        assert isinstance(step.instruction, ins.Run)
+        return step.instruction.network or self.options.network
+
     def run(self, step: Step, rootfs: Rootfs, out: StepProgress) -> Rootfs:
-        run = step.instruction
-        assert isinstance(run, ins.Run)
-        if step.mounts:
-            raise BuildError("RUN --mount is not supported yet")
-        if run.security and run.security != "sandbox":
-            raise BuildError(f"RUN --security={run.security} is not supported")
-        if os.geteuid() != 0:
-            raise BuildError("RUN needs root for now (rootless builds are planned)", hint="run pybuild as root")
-        network = run.network or self.options.network
-        if network not in ("default", "none", "host"):
-            raise BuildError(f"unsupported network mode {network!r} (expected default, none or host)")
+        network = self.network(step)
         env = list(step.env) + list(step.proxy_env)
         if not any(e.split("=", 1)[0] == "PATH" for e in env):
             env.append(f"PATH={DEFAULT_PATH}")
@@ -297,29 +382,22 @@ class _Solver:
         finally:
             remove_dir(scratch)
 
-    def copy(self, stage: PlannedStage, step: Step, rootfs: Rootfs) -> Rootfs:
+    def copy(self, stage: PlannedStage, step: Step, rootfs: Rootfs, inputs: _Inputs) -> Rootfs:
         instruction = step.instruction
         assert isinstance(instruction, ins.Copy | ins.Add)
         is_add = isinstance(instruction, ins.Add)
-        name = "ADD" if is_add else "COPY"
-        if instruction.link:
-            raise BuildError(f"{name} --link is not supported yet")
-        if instruction.excludes:
-            raise BuildError(f"{name} --exclude is not supported yet")
-        if isinstance(instruction, ins.Copy) and instruction.parents:
-            raise BuildError("COPY --parents is not supported yet")
         source = step.source or Source("context")
-        if source.kind == "git":
-            raise BuildError("ADD of a git repository is not supported yet")
         scratch = self.store.scratch_dir("copy")
         try:
             sources: list[copying.CopySource] = []
             if source.kind == "url":
                 assert isinstance(instruction, ins.Add)
                 for number, url in enumerate(instruction.sources):
-                    into = scratch / f"url-{number}"
-                    into.mkdir()
-                    got = download(url, into, checksum=instruction.checksum)
+                    got = inputs.downloads.get(url)
+                    if got is None:
+                        into = scratch / f"url-{number}"
+                        into.mkdir()
+                        got = download(url, into, checksum=instruction.checksum)
                     tree = copying.MemoryTree(got.name, 0o600, got.mtime, path=got.path)
                     sources.append(copying.CopySource(tree, got.name, unpack=bool(instruction.unpack)))
             elif instruction.sources:
@@ -354,8 +432,9 @@ class _Solver:
 
     def stage(self, stage: PlannedStage) -> StageResult:
         base = self.base(stage)
-        rootfs = base.rootfs
+        rootfs, state, about = base.rootfs, base.state, dict(base.about)
         history = list(base.config.history)
+        clock = base.config.created or self.created
         total = sum(_works(s) for s in stage.steps) + 1
         label = stage.display if len(self.plan.stages) > 1 else ""  # BuildKit names stages only when several
         if stage.base.kind != "stage":
@@ -366,62 +445,242 @@ class _Solver:
                 total=total,
             )
             origin.finish()
+        may_hit = self.may_hit(stage)
         index = 1
         for step in stage.steps:
-            instruction = step.instruction
             changed = False
             if _works(step):
                 index += 1
-                out = self.progress.step(_display(instruction), stage=label, index=index, total=total)
+                shown = _display(step.instruction)
+                out = self.progress.step(shown, stage=label, index=index, total=total)
+                key: Digest | None = None
+                inputs = _Inputs({})
                 try:
-                    if isinstance(instruction, ins.Run):
-                        new = self.run(step, rootfs, out)
-                    elif isinstance(instruction, ins.Workdir):
-                        new = self.workdir(step, rootfs)
+                    self.check(step)
+                    inputs = self.inputs(stage, step, state, inputs)
+                    key = cachekey.key_of(inputs.record)
+                    entry = self.lookup(key) if may_hit else None
+                    if entry is not None:
+                        new = rootfs
+                        if entry.layer is not None and entry.diff_id is not None:
+                            new = rootfs.with_layer(entry.layer, entry.diff_id)
+                        clock = self.moment(entry.created)
+                        out.cached()
+                        self.report.append(StepReport(stage.display, step.line, shown, "cached", str(key)))
                     else:
-                        new = self.copy(stage, step, rootfs)
+                        reason = ""
+                        if may_hit or not self.report_missed(stage):
+                            reason = self.explain(stage, step, key, inputs, about)
+                            out.note(f"cache miss: {reason}")
+                        may_hit = False  # a miss makes every later step of the stage miss
+                        new = self.execute(stage, step, rootfs, inputs, out)
+                        self.remember(key, inputs, stage, step.line, shown, step.history, new, rootfs, about)
+                        clock = self.created
+                        out.finish()
+                        self.report.append(StepReport(stage.display, step.line, shown, "built", str(key), reason))
                 except BuildError as err:
                     located = self.located(err, step.line)
-                    out.fail(located.message)
+                    self.failed(out, stage, step, shown, key, located.message)
                     raise located from None
                 except OCIError as err:
                     located = DockerfileError(str(err), path=self.plan.path, line=step.line)
-                    out.fail(located.message)
+                    self.failed(out, stage, step, shown, key, located.message)
                     raise located from None
                 except BaseException:
-                    out.fail("interrupted")
+                    self.failed(out, stage, step, shown, key, "interrupted")
                     raise
-                out.finish()
+                finally:
+                    self._held.close()
+                    for path in inputs.scratch:
+                        remove_dir(path)
                 changed = len(new.layers) > len(rootfs.layers)
                 rootfs = new
+                state = cachekey.step_parent(key, rootfs.diff_ids[-1] if changed else None)
+                about = {}
             if step.history:
                 history.append(
-                    History(
-                        created=self.created,
-                        created_by=step.history,
-                        comment=HISTORY_COMMENT,
-                        empty_layer=not changed,
-                    )
+                    History(created=clock, created_by=step.history, comment=HISTORY_COMMENT, empty_layer=not changed)
                 )
-        config = replace(
-            stage.config,
-            diff_ids=rootfs.diff_ids,
-            history=tuple(history),
-            created=self.created,
+        config = replace(stage.config, diff_ids=rootfs.diff_ids, history=tuple(history), created=clock)
+        return StageResult(rootfs, config, state)
+
+    def execute(self, stage: PlannedStage, step: Step, rootfs: Rootfs, inputs: _Inputs, out: StepProgress) -> Rootfs:
+        instruction = step.instruction
+        if isinstance(instruction, ins.Run):
+            return self.run(step, rootfs, out)
+        if isinstance(instruction, ins.Workdir):
+            return self.workdir(step, rootfs)
+        return self.copy(stage, step, rootfs, inputs)
+
+    def failed(
+        self, out: StepProgress, stage: PlannedStage, step: Step, shown: str, key: Digest | None, message: str
+    ) -> None:
+        out.fail(message)
+        self.report.append(StepReport(stage.display, step.line, shown, "failed", str(key or ""), message))
+
+    def report_missed(self, stage: PlannedStage) -> bool:
+        """Whether this stage already explained a miss (only the first one of a stage needs a reason)."""
+        return any(r.stage == stage.display and r.status == "built" and r.reason for r in self.report)
+
+    # --- the cache
+
+    def may_hit(self, stage: PlannedStage) -> bool:
+        return not self.options.no_cache and stage.name not in self.options.no_cache_filter
+
+    def moment(self, created: float) -> str:
+        """The history time of a step made at ``created`` (by this build or an earlier one)."""
+        return self.created if self.options.epoch is not None else rfc3339(created)
+
+    def stat_cache(self, root: bytes) -> StatCache:
+        if root not in self.stats:
+            self.stats[root] = StatCache(self.cache.load_stats(root), started_ns=int(self.started * 1e9))
+        return self.stats[root]
+
+    def inputs(self, stage: PlannedStage, step: Step, state: Record, inputs: _Inputs) -> _Inputs:
+        """The key record of ``step`` over ``state``, with what computing it gathered (checksums, downloads)."""
+        platform, epoch = stage.platform, self.options.epoch
+        instruction = step.instruction
+        if isinstance(instruction, ins.Run):
+            network = self.network(step)
+            record = cachekey.run_record(
+                state, step, platform=platform, network=network, hostname=self.hostname, epoch=epoch
+            )
+            inputs.record = record
+            return inputs
+        if isinstance(instruction, ins.Workdir):
+            inputs.record = cachekey.workdir_record(state, step, platform=platform, epoch=epoch)
+            return inputs
+        assert isinstance(instruction, ins.Copy | ins.Add)
+        sources: list[Record] = []
+        files: Files = []
+        source = step.source or Source("context")
+        if source.kind == "url":
+            assert isinstance(instruction, ins.Add)
+            for url in instruction.sources:
+                files.append({})
+                if instruction.checksum:
+                    sources.append({"url": url, "checksum": instruction.checksum})
+                    continue
+                into = self.store.scratch_dir("fetch")
+                inputs.scratch.append(into)
+                got = download(url, into)
+                inputs.downloads[url] = got
+                with open(got.path, "rb") as f:
+                    content = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+                fetched: Record = {"url": url, "content": content}
+                if epoch is not None:
+                    fetched["mtime"] = max(0, min(got.mtime, epoch))
+                sources.append(fetched)
+        elif instruction.sources:
+            named = (
+                self.context_image(source.ref, stage.platform, step.line) if source.kind == "named-context" else None
+            )
+            if source.kind == "context" or (source.kind == "named-context" and named is None):
+                tree = self.source_tree(source, stage, step.line)
+                assert isinstance(tree, copying.ContextTree)
+                stats = self.stat_cache(tree.root)
+                links: dict[tuple[int, int], str] = {}
+                for path in instruction.sources:
+                    sums = checksum_source(tree, path, stats=stats, epoch=epoch, links=links)
+                    sources.append({"context": source.ref or ".", "path": path, "matches": sums.matches})
+                    files.append(sums.files)
+            else:
+                if source.kind == "stage":
+                    origin = {"stage": self.plan.stage(source.stage).display}
+                    diff_ids = self.results[source.stage].rootfs.diff_ids
+                else:
+                    image = named or self.store_image(source.ref, stage.platform, step.line)
+                    origin = {"image": source.ref}
+                    diff_ids = tuple(i for _, i in image.layer_pairs())
+                layers = [str(d) for d in diff_ids]
+                for path in instruction.sources:
+                    sources.append({**origin, "layers": layers, "path": path})
+                    files.append({})
+        inputs.record = cachekey.copy_record(state, step, sources, platform=platform, epoch=epoch)
+        inputs.files = files if any(files) else None
+        return inputs
+
+    def lookup(self, key: Digest) -> CacheEntry | None:
+        """The entry of ``key`` if its layer is in the store; a hit leases it to this build."""
+        with self.cache.guard():
+            entry = self.cache.get(key)
+            if entry is None or (entry.layer is not None and not self.blobs.has(entry.layer.digest)):
+                return None
+            self.cache.use(key, self.build_id)
+        return entry
+
+    def remember(
+        self,
+        key: Digest,
+        inputs: _Inputs,
+        stage: PlannedStage,
+        line: int,
+        shown: str,
+        history: str,
+        new: Rootfs,
+        old: Rootfs | None = None,
+        about: dict[str, str] | None = None,
+    ) -> None:
+        changed = len(new.layers) > len(old.layers if old is not None else ())
+        entry = CacheEntry(
+            key=key,
+            record=inputs.record,
+            layer=new.layers[-1] if changed else None,
+            diff_id=new.diff_ids[-1] if changed else None,
+            history=history,
+            step=shown,
+            stage=stage.display,
+            line=line,
+            dockerfile=self.dockerfile,
+            image=",".join(self.options.names),
+            about=about or {},
+            created=self.started,
         )
-        return StageResult(rootfs, config)
+        self.cache.put(entry, inputs.files, self.build_id)
+
+    def explain(self, stage: PlannedStage, step: Step, key: Digest, inputs: _Inputs, about: dict[str, str]) -> str:
+        """Why ``step`` missed, from the closest earlier record of the same stage and line."""
+        if self.options.no_cache:
+            return "--no-cache"
+        if stage.name in self.options.no_cache_filter:
+            return f"--no-cache-filter {stage.name}"
+        if self.cache.get(key) is not None:
+            return "the cached layer is no longer in the store"
+        candidates = self.cache.candidates(stage.display, step.line)
+        same = [c for c in candidates if c.dockerfile == self.dockerfile] or candidates
+        if not same:
+            return "no earlier build of this step is in the cache"
+        record = inputs.record
+        best = min(same, key=lambda c: cachekey.score(record, c.record))
+        old_files = self.cache.files(best.key) if record.get("sources") != best.record.get("sources") else None
+        reasons = cachekey.differences(
+            record,
+            best.record,
+            new_about=about,
+            old_about={**best.about, "step": best.step},
+            new_files=inputs.files,
+            old_files=old_files,
+        )
+        return "; ".join(reasons) or "no earlier build of this step is in the cache"
 
     def solve(self) -> BuildResult:
         self.snapshots.sweep()
-        working = sum(1 + sum(_works(s) for s in stage.steps) for stage in self.plan.stages)
-        self.progress.expect(working)
-        for stage in self.plan.stages:
-            self.results[stage.index] = self.stage(stage)
-        target = self.plan.stage(self.plan.target)
-        result = self.results[target.index]
-        self.progress.status("writing image")
-        image = store_image(self.store.layout, result.config, list(result.rootfs.layers))
-        return BuildResult(image, target)
+        self.build_id = self.cache.start_build(self.dockerfile)
+        try:
+            working = sum(1 + sum(_works(s) for s in stage.steps) for stage in self.plan.stages)
+            self.progress.expect(working)
+            for stage in self.plan.stages:
+                self.results[stage.index] = self.stage(stage)
+            target = self.plan.stage(self.plan.target)
+            result = self.results[target.index]
+            self.progress.status("writing image")
+            image = store_image(self.store.layout, result.config, list(result.rootfs.layers))
+            return BuildResult(image, target, tuple(self.report))
+        finally:
+            for stats in self.stats.values():
+                self.cache.save_stats(stats.updates)
+            self.cache.finish_build(self.build_id, [r.to_json() for r in self.report])
+            self.cache.close()
 
 
 def replace_owner(item: LayerItem) -> LayerItem:

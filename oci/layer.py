@@ -31,6 +31,7 @@ __all__ = [
     "entry_for_stat",
     "object_item",
     "opaque",
+    "read_xattrs",
     "sort_key",
     "tree_items",
     "whiteout",
@@ -75,7 +76,8 @@ def sort_key(path: str) -> tuple[bytes, ...]:
     return tuple(b"" if part == OPAQUE else os.fsencode(part) for part in path.split("/"))
 
 
-def _xattrs(path: str | int, is_link: bool) -> FrozenMap[str, bytes]:
+def read_xattrs(path: str | int, is_link: bool) -> FrozenMap[str, bytes]:
+    """The extended attributes a layer keeps for ``path`` (not the host's SELinux labels or overlayfs' own)."""
     try:
         names = os.listxattr(path, follow_symlinks=not is_link)
     except OSError:
@@ -102,7 +104,7 @@ def entry_for_stat(
     mtime = max(mtime, 0)
     common = {"mode": stat.S_IMODE(mode), "uid": st.st_uid, "gid": st.st_gid, "mtime": mtime}
     is_link = stat.S_ISLNK(mode)
-    attrs = _xattrs(full, is_link) if xattrs else FrozenMap()
+    attrs = read_xattrs(full, is_link) if xattrs else FrozenMap()
     if stat.S_ISREG(mode):
         return TarEntry(rel, EntryType.FILE, size=st.st_size, xattrs=attrs, **common)
     if stat.S_ISDIR(mode):

@@ -15,11 +15,13 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from oci import mediatypes as mt
 from oci.canonical import MAX_DOCUMENT_SIZE, canonical_json, load_json_object
 from oci.descriptor import Descriptor, Platform
-from oci.errors import InvalidDocument, LayoutError
+from oci.digest import Digest
+from oci.errors import InvalidDocument, LayoutError, OCIError
 from oci.image import Image, load_image
-from oci.manifest import Index, parse_index
+from oci.manifest import Index, parse_document, parse_index
 from oci.store import ContentStore, atomic_file
 
 __all__ = ["ImageLayout", "INDEX_FILE", "LAYOUT_FILE", "LAYOUT_VERSION"]
@@ -139,6 +141,28 @@ class ImageLayout:
 
     def image(self, descriptor: Descriptor, platform: Platform) -> Image:
         return load_image(self.store, descriptor.with_ref_name(None), platform)
+
+    def reachable(self) -> set[Digest]:
+        """Every blob that ``index.json`` reaches: manifests, indexes, configs and layers (missing ones too)."""
+        seen: set[Digest] = set()
+        pending = list(self.index().manifests)
+        while pending:
+            desc = pending.pop()
+            if desc.digest in seen:
+                continue
+            seen.add(desc.digest)
+            if not (mt.is_index(desc.media_type) or mt.is_manifest(desc.media_type)):
+                continue
+            try:
+                document = parse_document(self.store.read(desc.digest, MAX_DOCUMENT_SIZE), desc.media_type)
+            except (OSError, OCIError):
+                continue  # a missing or damaged document reaches nothing more (fsck's business)
+            if isinstance(document, Index):
+                pending.extend(document.manifests)
+            else:
+                pending.append(document.config)
+                pending.extend(document.layers)
+        return seen
 
     def sweep(self) -> int:
         """Remove what killed writers left in ``ingest/``."""

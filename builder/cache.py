@@ -1,0 +1,334 @@
+"""The step cache index: an SQLite database in the store root (``ROOT/cache.db``).
+
+One row per cache entry: the key, the key's record (canonical JSON), the result (the layer's descriptor and
+diff_id, or none for a step that changed no file), the history text, where it came from (Dockerfile, stage,
+line, the step as written, the image names of that build), when it was created and last used, and how often it
+was hit. The per-file summaries that explain a COPY's miss are kept beside it, compressed. The database also
+holds the context stat cache (``builder.checksum``), the builds that are running (their leases keep the entries
+they use from ``cache prune``), and the report of each finished build for ``pybuild cache explain``.
+
+SQLite gives transactions and safe concurrent use from several processes (WAL mode, a generous busy timeout).
+An entry is written only after its layer blob is stored, so a build killed at any moment leaves either no entry
+or one whose blob exists; an entry whose blob has gone anyway (the store was tampered with) is a miss.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+import uuid
+import zlib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from builder.cachekey import Files
+from builder.checksum import StatRow
+from oci.canonical import canonical_json
+from oci.descriptor import Descriptor
+from oci.digest import Digest
+from oci.store import pid_alive
+
+__all__ = ["CacheEntry", "CacheIndex", "INDEX_FILE"]
+
+INDEX_FILE = "cache.db"
+LOCK_FILE = "cache.lock"
+SCHEMA = 1
+BUSY_TIMEOUT = 120.0  # seconds a writer waits for another (prune deleting blobs, a build recording a step)
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    layer TEXT,
+    diff_id TEXT,
+    size INTEGER NOT NULL,
+    history TEXT NOT NULL,
+    step TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    dockerfile TEXT NOT NULL,
+    image TEXT NOT NULL,
+    about TEXT NOT NULL,
+    created REAL NOT NULL,
+    last_used REAL NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0,
+    files BLOB
+);
+CREATE INDEX IF NOT EXISTS entries_origin ON entries (stage, line);
+CREATE TABLE IF NOT EXISTS builds (
+    id TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    started REAL NOT NULL,
+    finished REAL,
+    dockerfile TEXT NOT NULL,
+    report TEXT
+);
+CREATE TABLE IF NOT EXISTS leases (build TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (build, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stats (
+    path BLOB PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    digest TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+_COLUMNS = "key, record, layer, diff_id, history, step, stage, line, dockerfile, image, about, created, last_used, hits"
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One cached step: its key and record, its result, and where and when it was made."""
+
+    key: Digest
+    record: Mapping[str, Any]
+    layer: Descriptor | None  # None: the step changed no file (an empty_layer history entry)
+    diff_id: Digest | None
+    history: str
+    step: str  # the instruction as written
+    stage: str
+    line: int
+    dockerfile: str
+    image: str = ""  # the names the build that made it gave its image, comma-separated
+    about: Mapping[str, str] = field(default_factory=dict)  # what explanations need that the record lacks
+    created: float = 0.0
+    last_used: float = 0.0
+    hits: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.layer.size if self.layer is not None else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": str(self.key),
+            "step": self.step,
+            "stage": self.stage,
+            "line": self.line,
+            "dockerfile": self.dockerfile,
+            "image": self.image,
+            "created": _iso(self.created),
+            "last_used": _iso(self.last_used),
+            "hits": self.hits,
+            "size": self.size,
+            "layer": self.layer.to_json() if self.layer is not None else None,
+            "diff_id": str(self.diff_id) if self.diff_id is not None else None,
+            "history": self.history,
+        }
+
+
+def _iso(moment: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
+
+
+def _entry(row: sqlite3.Row) -> CacheEntry:
+    layer = Descriptor.from_json(json.loads(row["layer"])) if row["layer"] else None
+    return CacheEntry(
+        key=Digest.parse(row["key"]),
+        record=json.loads(row["record"]),
+        layer=layer,
+        diff_id=Digest.parse(row["diff_id"]) if row["diff_id"] else None,
+        history=row["history"],
+        step=row["step"],
+        stage=row["stage"],
+        line=row["line"],
+        dockerfile=row["dockerfile"],
+        image=row["image"],
+        about=json.loads(row["about"]),
+        created=row["created"],
+        last_used=row["last_used"],
+        hits=row["hits"],
+    )
+
+
+class CacheIndex:
+    """The cache database of one store. Every method is one transaction."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / INDEX_FILE
+        self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        with self.transaction():
+            for statement in _TABLES.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            row = self._db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA),))
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def guard(self, exclusive: bool = False) -> Iterator[None]:
+        """The lock between builds (shared: from committing or finding a layer until its entry is leased) and
+        ``cache prune`` (exclusive: while it deletes entries and blobs)."""
+        fd = os.open(self.path.with_name(LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """An immediate (write-locked) transaction: committed on success, rolled back on any error."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # ------------------------------------------------------------------------------------------- entries
+
+    def get(self, key: Digest) -> CacheEntry | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM entries WHERE key = ?", (str(key),)).fetchone()
+        return _entry(row) if row is not None else None
+
+    def find(self, prefix: str) -> list[CacheEntry]:
+        """Entries whose key starts with ``prefix`` (with or without ``sha256:``)."""
+        text = prefix if ":" in prefix else f"sha256:{prefix}"
+        escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM entries WHERE key LIKE ? ESCAPE '\\'", (escaped + "%",))
+        return [_entry(row) for row in rows]
+
+    def entries(self) -> list[CacheEntry]:
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM entries ORDER BY last_used DESC, key")
+        return [_entry(row) for row in rows]
+
+    def candidates(self, stage: str, line: int, limit: int = 64) -> list[CacheEntry]:
+        """The most recently used entries made at this stage and line (to explain a miss)."""
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM entries WHERE stage = ? AND line = ? ORDER BY last_used DESC LIMIT ?",
+            (stage, line, limit),
+        )
+        return [_entry(row) for row in rows]
+
+    def files(self, key: Digest) -> Files | None:
+        row = self._db.execute("SELECT files FROM entries WHERE key = ?", (str(key),)).fetchone()
+        if row is None or row["files"] is None:
+            return None
+        return json.loads(zlib.decompress(row["files"]))  # type: ignore[no-any-return]
+
+    def put(self, entry: CacheEntry, files: Files | None, build: str) -> None:
+        """Record ``entry`` (replacing one with the same key: the newest result wins) and lease it to ``build``."""
+        packed = zlib.compress(canonical_json(files), 6) if files else None
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    str(entry.key),
+                    canonical_json(entry.record).decode(),
+                    canonical_json(entry.layer.to_json()).decode() if entry.layer is not None else None,
+                    str(entry.diff_id) if entry.diff_id is not None else None,
+                    entry.size,
+                    entry.history,
+                    entry.step,
+                    entry.stage,
+                    entry.line,
+                    entry.dockerfile,
+                    entry.image,
+                    canonical_json(dict(entry.about)).decode(),
+                    entry.created or now,
+                    now,
+                    entry.hits,
+                    packed,
+                ),
+            )
+            db.execute("INSERT OR IGNORE INTO leases VALUES (?, ?)", (build, str(entry.key)))
+
+    def use(self, key: Digest, build: str) -> None:
+        """A hit: count it, and lease the entry to ``build`` until the build ends."""
+        with self.transaction() as db:
+            db.execute("UPDATE entries SET hits = hits + 1, last_used = ? WHERE key = ?", (time.time(), str(key)))
+            db.execute("INSERT OR IGNORE INTO leases VALUES (?, ?)", (build, str(key)))
+
+    def name_image(self, build: str, names: str) -> None:
+        """Record the image names of ``build`` on the entries it leased."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE entries SET image = ? WHERE key IN (SELECT key FROM leases WHERE build = ?)", (names, build)
+            )
+
+    def delete(self, keys: list[str]) -> None:
+        with self.transaction() as db:
+            db.executemany("DELETE FROM entries WHERE key = ?", [(k,) for k in keys])
+
+    # -------------------------------------------------------------------------------------------- builds
+
+    def start_build(self, dockerfile: str) -> str:
+        build = uuid.uuid4().hex
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO builds (id, pid, started, dockerfile) VALUES (?, ?, ?, ?)",
+                (build, os.getpid(), time.time(), dockerfile),
+            )
+        return build
+
+    def finish_build(self, build: str, report: list[dict[str, Any]]) -> None:
+        """The build ended (well or not): keep its report, drop its leases and older builds' reports."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE builds SET finished = ?, report = ? WHERE id = ?",
+                (time.time(), json.dumps(report), build),
+            )
+            db.execute("DELETE FROM leases WHERE build = ?", (build,))
+            db.execute(
+                "DELETE FROM builds WHERE finished IS NOT NULL AND id NOT IN "
+                "(SELECT id FROM builds WHERE finished IS NOT NULL ORDER BY finished DESC LIMIT 20)"
+            )
+
+    def last_report(self) -> tuple[str, float, list[dict[str, Any]]] | None:
+        """The Dockerfile, end time and step report of the build that finished last."""
+        row = self._db.execute(
+            "SELECT dockerfile, finished, report FROM builds WHERE finished IS NOT NULL ORDER BY finished DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        return row["dockerfile"], row["finished"], json.loads(row["report"] or "[]")
+
+    def leased(self) -> set[str]:
+        """Keys leased by builds still running; the leases of builds that died are dropped on the way."""
+        with self.transaction() as db:
+            running = db.execute("SELECT id, pid FROM builds WHERE finished IS NULL").fetchall()
+            dead = [row["id"] for row in running if not pid_alive(row["pid"])]
+            for build in dead:
+                db.execute("DELETE FROM leases WHERE build = ?", (build,))
+                db.execute("DELETE FROM builds WHERE id = ?", (build,))
+            return {row["key"] for row in db.execute("SELECT key FROM leases")}
+
+    # ---------------------------------------------------------------------------------------- stat cache
+
+    def load_stats(self, directory: bytes) -> dict[bytes, StatRow]:
+        """The stat cache rows of every path below ``directory``."""
+        low, high = directory.rstrip(b"/") + b"/", directory.rstrip(b"/") + b"0"  # "0" sorts right after "/"
+        rows = self._db.execute(
+            "SELECT path, size, mtime_ns, ino, ctime_ns, digest FROM stats WHERE path >= ? AND path < ?", (low, high)
+        )
+        return {bytes(r[0]): (r[1], r[2], r[3], r[4], r[5]) for r in rows}
+
+    def save_stats(self, rows: Mapping[bytes, StatRow]) -> None:
+        if not rows:
+            return
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO stats VALUES (?, ?, ?, ?, ?, ?)",
+                [(path, *row) for path, row in rows.items()],
+            )
+
+    def forget_stats(self, missing: list[bytes]) -> None:
+        with self.transaction() as db:
+            db.executemany("DELETE FROM stats WHERE path = ?", [(p,) for p in missing])

@@ -1,0 +1,178 @@
+"""Checksums of what a COPY or ADD selects: each matched source, walked as the copier walks it, digested.
+
+A match's checksum is the sha256 of one line per entry the copier would write from it (its path below the
+match, type, permission bits, owner when the tree keeps owners, device numbers, hardlink target, the digest of
+its content and extended attributes, and its mtime only when ``SOURCE_DATE_EPOCH`` clamps it, since otherwise a
+cache hit keeps the earlier mtimes, as BuildKit's does). Sources are resolved and walked with the copier's own
+rules (``copy.match_wildcards``, ``copy.resolve``, the tree's ``listdir``, which applies .dockerignore), so the
+checksum covers exactly the files that would land in the layer.
+
+Reading every file of a large context on each build would cost seconds, so file content digests go through a
+``StatCache``: an entry whose size, mtime, ctime and inode are unchanged keeps its digest. An entry changed less
+than ``RACY_NS`` before the walk is hashed but not remembered, since a second change within the timestamp
+granularity would leave the same stat behind (git's "racy clean" problem).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from builder.copy import CopyError, SourceTree, match_wildcards, parts, resolve
+from oci.layer import read_xattrs
+
+__all__ = ["Checksums", "StatCache", "StatRow", "checksum_source"]
+
+RACY_NS = 2_000_000_000
+_SHORT = 16  # hex digits of a file's content digest kept for explanations
+
+#: size, mtime_ns, inode, ctime_ns, digest
+StatRow = tuple[int, int, int, int, str]
+
+
+@dataclass
+class StatCache:
+    """Content digests by absolute path, valid while the stat is unchanged; ``updates`` holds what to store."""
+
+    rows: Mapping[bytes, StatRow] = field(default_factory=dict)
+    started_ns: int = field(default_factory=time.time_ns)
+    updates: dict[bytes, StatRow] = field(default_factory=dict)
+    hashed: int = 0  # entries whose content was read (for tests and benchmarks)
+
+    def lookup(self, path: bytes, st: os.stat_result) -> str | None:
+        row = self.updates.get(path) or self.rows.get(path)
+        if row is None:
+            return None
+        size, mtime_ns, ino, ctime_ns, digest = row
+        if (size, mtime_ns, ino, ctime_ns) != (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns):
+            return None
+        return digest
+
+    def remember(self, path: bytes, st: os.stat_result, digest: str) -> None:
+        if max(st.st_mtime_ns, st.st_ctime_ns) >= self.started_ns - RACY_NS:
+            return
+        self.updates[path] = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest)
+
+
+@dataclass(frozen=True)
+class Checksums:
+    """One source's part of a key record, and its per-file digests for explaining a miss."""
+
+    matches: list[dict[str, str]]  # [{"path": match, "tree": "sha256:..."}], in match order
+    files: dict[str, dict[str, str]]  # match -> relative path -> a summary that changes when the file does
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISCHR(mode):
+        return "char"
+    if stat.S_ISBLK(mode):
+        return "block"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    return ""
+
+
+class _Walker:
+    def __init__(
+        self, tree: SourceTree, stats: StatCache | None, epoch: int | None, links: dict[tuple[int, int], str]
+    ) -> None:
+        self.tree = tree
+        self.stats = stats
+        self.epoch = epoch
+        self.links = links
+        self.lines: list[bytes] = []
+        self.files: dict[str, str] = {}
+
+    def content(self, rel: str, st: os.stat_result, real: bytes | None) -> str:
+        stats = self.stats if real is not None else None
+        if stats is not None:
+            cached = stats.lookup(real, st)  # type: ignore[arg-type]
+            if cached is not None:
+                return cached
+        h = hashlib.sha256()
+        is_link = stat.S_ISLNK(st.st_mode)
+        if real is not None:
+            for name, value in read_xattrs(os.fsdecode(real), is_link).items():
+                h.update(name.encode() + b"\0" + value + b"\0")
+        h.update(b"\n")
+        if stat.S_ISREG(st.st_mode):
+            with self.tree.open(rel) as f:
+                h.update(hashlib.file_digest(f, "sha256").digest())  # type: ignore[arg-type]
+        elif is_link:
+            h.update(os.fsencode(self.tree.readlink(rel)))
+        digest = h.hexdigest()
+        if stats is not None:
+            stats.hashed += 1
+            stats.remember(real, st, digest)  # type: ignore[arg-type]
+        return digest
+
+    def entry(self, rel: str, src: str, st: os.stat_result, label: str) -> None:
+        mode = st.st_mode
+        kind = _kind(mode)
+        if not kind:
+            return  # a socket: the copier skips it
+        real = self.tree.real_path(src)
+        keeps = self.tree.keeps_owners
+        # NUL separates fields: no path or value here can hold one.
+        meta = f"{kind}\0{stat.S_IMODE(mode):o}\0{st.st_uid if keeps else 0}\0{st.st_gid if keeps else 0}"
+        if kind in ("char", "block"):
+            meta += f"\0{os.major(st.st_rdev)},{os.minor(st.st_rdev)}"
+        if kind == "file" and st.st_nlink > 1 and real is not None:
+            inode = (st.st_dev, st.st_ino)
+            me = f"{label}:{rel}"
+            first = self.links.setdefault(inode, me)
+            if first != me:
+                meta += f"\0link={first}"
+        if self.epoch is not None:
+            meta += f"\0mtime={max(0, min(int(st.st_mtime), self.epoch))}"
+        content = self.content(src, st, real) if kind in ("file", "dir", "symlink") else ""
+        self.files[rel] = f"{content[:_SHORT]}\0{meta}"
+        self.lines.append(f"{rel}\0{content}\0{meta}\n".encode("utf-8", "surrogateescape"))
+
+    def walk(self, src: str, rel: str, st: os.stat_result, label: str) -> None:
+        self.entry(rel, src, st, label)
+        if not stat.S_ISDIR(st.st_mode):
+            return
+        for name in self.tree.listdir(src):
+            child = f"{src}/{name}" if src else name
+            child_st = self.tree.lstat(child)
+            if child_st is None:
+                continue  # removed while we read (the copier skips it too)
+            self.walk(child, f"{rel}/{name}" if rel else name, child_st, label)
+
+
+def checksum_source(
+    tree: SourceTree,
+    path: str,
+    *,
+    stats: StatCache | None = None,
+    epoch: int | None = None,
+    links: dict[tuple[int, int], str] | None = None,
+) -> Checksums:
+    """The checksum of each match of ``path`` in ``tree`` (a wildcard may match nothing; a missing literal path
+    is the copier's "not found" error). ``links`` is shared by the sources of one instruction, as the copier
+    shares hardlink detection across them."""
+    links = {} if links is None else links
+    matches: list[dict[str, str]] = []
+    files: dict[str, dict[str, str]] = {}
+    for match in match_wildcards(tree, path):
+        src = resolve(tree, match)
+        st = tree.lstat(src)
+        if st is None:
+            raise CopyError(f'"/{"/".join(parts(path))}": not found')
+        walker = _Walker(tree, stats, epoch, links)
+        walker.walk(src, "", st, match)
+        digest = hashlib.sha256(b"".join(walker.lines)).hexdigest()
+        matches.append({"path": match, "tree": f"sha256:{digest}"})
+        files[match] = walker.files
+    return Checksums(matches, files)

@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS entries (
     created REAL NOT NULL,
     last_used REAL NOT NULL,
     hits INTEGER NOT NULL DEFAULT 0,
+    parents TEXT NOT NULL,
     files BLOB
 );
 CREATE INDEX IF NOT EXISTS entries_origin ON entries (stage, line);
@@ -81,7 +82,10 @@ CREATE TABLE IF NOT EXISTS stats (
 ) WITHOUT ROWID;
 """
 
-_COLUMNS = "key, record, layer, diff_id, history, step, stage, line, dockerfile, image, about, created, last_used, hits"
+_COLUMNS = (
+    "key, record, layer, diff_id, history, step, stage, line, dockerfile, image, about, created, last_used, hits, "
+    "parents"
+)
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ class CacheEntry:
     created: float = 0.0
     last_used: float = 0.0
     hits: int = 0
+    parents: tuple[tuple[Descriptor, Digest], ...] = ()  # the layers under this step's, bottom first
 
     @property
     def size(self) -> int:
@@ -146,6 +151,9 @@ def _entry(row: sqlite3.Row) -> CacheEntry:
         created=row["created"],
         last_used=row["last_used"],
         hits=row["hits"],
+        parents=tuple(
+            (Descriptor.from_json(layer), Digest.parse(diff_id)) for layer, diff_id in json.loads(row["parents"])
+        ),
     )
 
 
@@ -228,13 +236,13 @@ class CacheIndex:
         now = time.time()
         with self.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO entries ({_COLUMNS}, size, files) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     str(entry.key),
                     canonical_json(entry.record).decode(),
                     canonical_json(entry.layer.to_json()).decode() if entry.layer is not None else None,
                     str(entry.diff_id) if entry.diff_id is not None else None,
-                    entry.size,
                     entry.history,
                     entry.step,
                     entry.stage,
@@ -245,6 +253,8 @@ class CacheIndex:
                     entry.created or now,
                     now,
                     entry.hits,
+                    canonical_json([[layer.to_json(), str(diff_id)] for layer, diff_id in entry.parents]).decode(),
+                    entry.size,
                     packed,
                 ),
             )

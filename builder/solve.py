@@ -635,6 +635,7 @@ class _Solver:
             image=",".join(self.options.names),
             about=about or {},
             created=self.started,
+            parents=tuple(zip(old.layers, old.diff_ids, strict=True)) if old is not None else (),
         )
         self.cache.put(entry, inputs.files, self.build_id)
 

@@ -112,6 +112,7 @@ def copy_record(
 def workdir_record(parent: Record, step: Step, *, platform: Platform, epoch: int | None) -> Record:
     """WORKDIR: the directory, and the user who will own it if it is created."""
     record = _base("workdir", parent, platform, epoch)
+    record["instruction"] = _instruction(step.instruction)
     record["path"] = step.dest
     record["user"] = step.user
     return record

@@ -1,0 +1,374 @@
+"""The step cache, through real builds: each input of a key misses when it changes and hits when anything outside
+the key changes, the miss explanations name what changed, and the cache stays consistent under --no-cache,
+concurrent builds and killed builds.
+
+Every test reads the plain progress: ``#N CACHED`` for a hit, ``#N cache miss: REASON`` for the first missed step
+of a stage, ``#N DONE`` for a step that ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import REPO, CLIResult, require_root, run_pybuild
+
+BUSYBOX = "docker.io/library/busybox:latest"
+
+
+@pytest.fixture
+def busybox(busybox_tar: Path) -> str:
+    require_root()
+    result = run_pybuild("import", "-q", str(busybox_tar), "busybox")
+    assert result.code == 0, result
+    return result.out.strip()
+
+
+def make_context(root: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "Dockerfile").write_text(dockerfile)
+    for path, content in (files or {}).items():
+        target = root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    return root
+
+
+@dataclass
+class Outcome:
+    result: CLIResult
+    steps: dict[str, str]  # step as shown (without the [stage i/n] label) -> "CACHED", "DONE" or "miss: REASON"
+
+    def __getitem__(self, prefix: str) -> str:
+        found = [state for title, state in self.steps.items() if title.startswith(prefix)]
+        assert len(found) == 1, f"{prefix!r} is not one step of {list(self.steps)}"
+        return found[0]
+
+    @property
+    def image(self) -> str:
+        return re.findall(r"image (sha256:[0-9a-f]{64})", self.result.err)[-1]
+
+
+def build(ctx: Path, *args: str, env: dict[str, str] | None = None) -> Outcome:
+    result = run_pybuild("build", "--progress", "plain", *args, str(ctx), env=env)
+    assert result.code == 0, result
+    titles: dict[str, str] = {}
+    states: dict[str, str] = {}
+    for line in result.err.splitlines():
+        header = re.match(r"#(\d+) (?:\[[^\]]*\] )?(.*)$", line)
+        number = header.group(1) if header else ""
+        if header and number not in titles and not re.match(r"[\d.]+ |CACHED|DONE|cache miss:", header.group(2)):
+            titles[number] = header.group(2)
+            continue
+        if re.fullmatch(r"#\d+ CACHED", line):
+            states[titles[number]] = "CACHED"
+        elif header and header.group(2).startswith("cache miss: "):
+            states[titles[number]] = "miss: " + header.group(2)[len("cache miss: ") :]
+        elif re.fullmatch(r"#\d+ DONE [\d.]+s", line):
+            states.setdefault(titles[number], "DONE")
+    return Outcome(result, {t: s for t, s in states.items() if not t.startswith("FROM ")})
+
+
+def first_miss(outcome: Outcome) -> str:
+    """The reason of the one explained miss (the first missed step; the stage has one)."""
+    misses = [state for state in outcome.steps.values() if state.startswith("miss: ")]
+    assert len(misses) == 1, outcome.steps
+    return misses[0][len("miss: ") :]
+
+
+def assert_all_cached(outcome: Outcome) -> None:
+    assert outcome.steps and all(s == "CACHED" for s in outcome.steps.values()), outcome.steps
+
+
+RUN_FILE = """\
+FROM busybox
+ARG VERSION=1.0
+ENV MODE=fast
+USER 0:0
+WORKDIR /work
+RUN echo "$VERSION $MODE $(id -u) $(pwd)" > /out.txt
+"""
+
+
+# ------------------------------------------------------------------------------------------------ RUN inputs
+
+
+def test_a_full_rebuild_hits_every_step_and_gives_the_same_image(tmp_path: Path, busybox: str) -> None:
+    ctx = make_context(tmp_path / "ctx", RUN_FILE + "COPY a.txt /a.txt\n", {"a.txt": "a"})
+    first = build(ctx, "-t", "app")
+    assert first_miss(first) == "no earlier build of this step is in the cache"
+    second = build(ctx, "-t", "app")
+    assert_all_cached(second)
+    assert second.image == first.image
+
+
+@pytest.mark.parametrize(
+    ("args", "edit", "reason"),
+    [
+        (("--build-arg", "VERSION=1.1"), None, "build arg VERSION changed (1.0 -> 1.1)"),
+        ((), ("ENV MODE=fast", "ENV MODE=slow"), "ENV MODE changed (fast -> slow)"),
+        ((), ("USER 0:0", "USER root"), "USER changed (0:0 -> root)"),
+        ((), ("WORKDIR /work", "WORKDIR /elsewhere"), "instruction changed (was: WORKDIR /work)"),
+        ((), ("> /out.txt", "> /out2.txt"), "instruction changed (was: RUN echo"),
+        (("--network", "none"), None, "network changed (default -> none)"),
+    ],
+)
+def test_each_run_input_misses_and_says_why(
+    tmp_path: Path, busybox: str, args: tuple[str, ...], edit: tuple[str, str] | None, reason: str
+) -> None:
+    ctx = make_context(tmp_path / "ctx", RUN_FILE)
+    build(ctx)
+    if edit is not None:
+        (ctx / "Dockerfile").write_text(RUN_FILE.replace(edit[0], edit[1]))
+    changed = build(ctx, *args)
+    assert reason in first_miss(changed), changed.steps
+    assert changed["RUN"] != "CACHED"
+
+
+def test_shell_change_misses(tmp_path: Path, busybox: str) -> None:
+    ctx = make_context(tmp_path / "ctx", 'FROM busybox\nSHELL ["/bin/sh", "-c"]\nRUN echo hi > /x\n')
+    build(ctx)
+    (ctx / "Dockerfile").write_text('FROM busybox\nSHELL ["/bin/sh", "-e", "-c"]\nRUN echo hi > /x\n')
+    assert "SHELL changed" in build(ctx)["RUN"]
+
+
+def test_what_is_outside_the_key_hits(tmp_path: Path, busybox: str) -> None:
+    """A build arg nothing declares, a proxy variable, a label, a comment, a file nothing copies: all hit."""
+    ctx = make_context(tmp_path / "ctx", RUN_FILE, {"unused.txt": "x"})
+    build(ctx)
+    (ctx / "unused.txt").write_text("y")
+    text = "# a comment\n" + RUN_FILE + "LABEL version=2\n"
+    (ctx / "Dockerfile").write_text(text)
+    assert_all_cached(build(ctx, "--build-arg", "UNDECLARED=1", "--build-arg", "HTTP_PROXY=http://proxy:3128"))
+
+
+def test_a_build_arg_used_only_in_a_later_stage_leaves_earlier_stages_cached(tmp_path: Path, busybox: str) -> None:
+    text = """\
+FROM busybox AS base
+RUN echo base > /base.txt
+FROM base AS app
+ARG RELEASE=1
+RUN echo $RELEASE > /release.txt
+"""
+    ctx = make_context(tmp_path / "ctx", text)
+    build(ctx)
+    changed = build(ctx, "--build-arg", "RELEASE=2")
+    assert changed["RUN echo base"] == "CACHED"
+    assert changed["RUN echo $RELEASE"] == "miss: build arg RELEASE changed (1 -> 2)"
+
+
+def test_a_changed_base_image_misses_and_names_it(tmp_path: Path, busybox: str, busybox_tar: Path) -> None:
+    ctx = make_context(tmp_path / "ctx", "FROM busybox\nRUN echo hi > /hi\n")
+    build(ctx)
+    changed = run_pybuild("import", "-q", "--change", "ENV REBUILT=1", str(busybox_tar), "busybox")
+    assert changed.code == 0, changed
+    outcome = build(ctx)
+    assert outcome["RUN"].startswith(f"miss: parent changed: base image {BUSYBOX} now sha256:"), outcome.steps
+
+
+def test_source_date_epoch_is_in_the_key(tmp_path: Path, busybox: str) -> None:
+    ctx = make_context(tmp_path / "ctx", "FROM busybox\nRUN echo hi > /hi\n")
+    build(ctx, env={"SOURCE_DATE_EPOCH": "100"})
+    assert_all_cached(build(ctx, env={"SOURCE_DATE_EPOCH": "100"}))
+    assert "SOURCE_DATE_EPOCH changed (100 -> 200)" in build(ctx, env={"SOURCE_DATE_EPOCH": "200"})["RUN"]
+
+
+def test_a_hit_does_not_run_the_step(tmp_path: Path, busybox: str) -> None:
+    ctx = make_context(tmp_path / "ctx", "FROM busybox\nRUN echo ran-the-step\n")
+    assert "ran-the-step" in build(ctx).result.err
+    again = build(ctx)
+    assert "ran-the-step" not in again.result.err.replace("RUN echo ran-the-step", "")
+
+
+def test_a_miss_makes_every_later_step_of_the_stage_miss(tmp_path: Path, busybox: str) -> None:
+    text = "FROM busybox\nCOPY a.txt /a\nRUN echo one > /1\nRUN echo two > /2\n"
+    ctx = make_context(tmp_path / "ctx", text, {"a.txt": "a"})
+    build(ctx)
+    (ctx / "a.txt").write_text("b")
+    outcome = build(ctx)
+    assert outcome["COPY"] == "miss: a.txt changed"
+    assert outcome["RUN echo one"] == "DONE" and outcome["RUN echo two"] == "DONE"
+
+
+# ----------------------------------------------------------------------------------------------- COPY inputs
+
+COPY_FILE = "FROM busybox\nCOPY src/ /app/\nRUN ls -la /app > /listing\n"
+
+
+def test_copy_misses_on_content_mode_and_membership_and_names_the_file(tmp_path: Path, busybox: str) -> None:
+    ctx = make_context(tmp_path / "ctx", COPY_FILE, {"src/app.py": "print(1)\n", "src/lib/util.py": "x = 1\n"})
+    build(ctx)
+    (ctx / "src/app.py").write_text("print(2)\n")
+    assert build(ctx)["COPY"] == "miss: src/app.py changed"
+    (ctx / "src/lib/new.py").write_text("")
+    assert build(ctx)["COPY"] == "miss: src/lib/new.py added"
+    (ctx / "src/lib/util.py").unlink()
+    assert build(ctx)["COPY"] == "miss: src/lib/util.py removed"
+    os.chmod(ctx / "src/app.py", 0o755)
+    assert build(ctx)["COPY"] == "miss: src/app.py changed"
+    (ctx / "src/link").symlink_to("app.py")
+    build(ctx)
+    (ctx / "src/link").unlink()
+    (ctx / "src/link").symlink_to("lib")
+    assert build(ctx)["COPY"] == "miss: src/link changed"
+
+
+def test_copy_ignores_mtimes_and_ignored_files(tmp_path: Path, busybox: str) -> None:
+    files = {"src/app.py": "print(1)\n", "src/secret.env": "A=1\n", ".dockerignore": "src/*.env\n"}
+    ctx = make_context(tmp_path / "ctx", COPY_FILE, files)
+    first = build(ctx)
+    os.utime(ctx / "src/app.py", (1_000_000, 1_000_000))
+    (ctx / "src/secret.env").write_text("A=2\n")
+    again = build(ctx)
+    assert_all_cached(again)
+    assert again.image == first.image
+
+
+def test_mtimes_count_when_source_date_epoch_keeps_them(tmp_path: Path, busybox: str) -> None:
+    """With SOURCE_DATE_EPOCH an mtime older than the epoch lands in the layer, so it is in the key."""
+    ctx = make_context(tmp_path / "ctx", COPY_FILE, {"src/app.py": "print(1)\n"})
+    epoch = {"SOURCE_DATE_EPOCH": "2000000000"}
+    os.utime(ctx / "src/app.py", (1_000_000, 1_000_000))
+    build(ctx, env=epoch)
+    os.utime(ctx / "src/app.py", (1_000_001, 1_000_001))
+    assert build(ctx, env=epoch)["COPY"] == "miss: src/app.py changed"
+
+
+def test_wildcard_sources_miss_when_a_new_file_matches(tmp_path: Path, busybox: str) -> None:
+    text = "FROM busybox\nCOPY *.txt /d/\n"
+    ctx = make_context(tmp_path / "ctx", text, {"a.txt": "a", "b.txt": "b"})
+    build(ctx)
+    (ctx / "other.md").write_text("not matched")
+    assert_all_cached(build(ctx))
+    (ctx / "c.txt").write_text("c")
+    assert build(ctx)["COPY"] == "miss: c.txt now matched"
+    (ctx / "a.txt").unlink()
+    assert build(ctx)["COPY"] == "miss: a.txt no longer matched"
+
+
+def test_copy_flags_are_in_the_key(tmp_path: Path, busybox: str) -> None:
+    ctx = make_context(tmp_path / "ctx", "FROM busybox\nCOPY --chown=1:1 a.txt /a\n", {"a.txt": "a"})
+    build(ctx)
+    (ctx / "Dockerfile").write_text("FROM busybox\nCOPY --chown=2:2 a.txt /a\n")
+    assert build(ctx)["COPY"].startswith("miss: instruction changed")
+    (ctx / "Dockerfile").write_text("FROM busybox\nCOPY --chown=2:2 --chmod=600 a.txt /a\n")
+    assert build(ctx)["COPY"].startswith("miss: instruction changed")
+
+
+def test_a_dependency_stage_changing_misses_its_copy(tmp_path: Path, busybox: str) -> None:
+    text = """\
+FROM busybox AS deps
+ARG DEPS=1
+RUN echo $DEPS > /deps.txt
+FROM busybox
+COPY --from=deps /deps.txt /deps.txt
+RUN cat /deps.txt
+"""
+    ctx = make_context(tmp_path / "ctx", text)
+    epoch = {"SOURCE_DATE_EPOCH": "0"}  # so that a re-run of the dependency gives the same layer
+    build(ctx, env=epoch)
+    outcome = build(ctx, "--build-arg", "DEPS=2", env=epoch)
+    assert outcome["RUN echo $DEPS"] == "miss: build arg DEPS changed (1 -> 2)"
+    assert outcome["COPY --from=deps"] == "miss: files from stage deps changed"
+    # The dependency re-run with the same result: what copies from it hits again.
+    again = build(ctx, "--build-arg", "DEPS=2", "--no-cache-filter", "deps", env=epoch)
+    assert again["RUN echo $DEPS"] == "miss: --no-cache-filter deps"
+    assert again["COPY --from=deps"] == "CACHED"
+
+
+def test_workdir_is_cached(tmp_path: Path, busybox: str) -> None:
+    ctx = make_context(tmp_path / "ctx", "FROM busybox\nWORKDIR /a/b\n")
+    build(ctx)
+    assert_all_cached(build(ctx))
+    (ctx / "Dockerfile").write_text("FROM busybox\nWORKDIR /a/c\n")
+    assert build(ctx)["WORKDIR"].startswith("miss: instruction changed")
+
+
+# ------------------------------------------------------------------------------------------------ controls
+
+
+def test_no_cache_runs_everything_and_records_the_new_results(tmp_path: Path, busybox: str) -> None:
+    ctx = make_context(tmp_path / "ctx", "FROM busybox\nRUN date +%s%N > /now\nRUN cat /now\n")
+    first = build(ctx)
+    forced = build(ctx, "--no-cache")
+    assert forced["RUN date"] == "miss: --no-cache" and forced["RUN cat"] == "DONE"
+    assert forced.image != first.image
+    after = build(ctx)
+    assert_all_cached(after)
+    assert after.image == forced.image  # the newest result won, and its child was built on it
+
+
+def test_a_layer_missing_from_the_store_is_a_miss(tmp_path: Path, busybox: str, store_root: Path) -> None:
+    ctx = make_context(tmp_path / "ctx", "FROM busybox\nRUN echo hi > /hi\n")
+    build(ctx)
+    with sqlite3.connect(store_root / "cache.db") as db:
+        (layer,) = db.execute("SELECT layer FROM entries WHERE step LIKE 'RUN%'").fetchone()
+    digest = json.loads(layer)["digest"].split(":")[1]
+    (store_root / "blobs" / "sha256" / digest).unlink()
+    assert build(ctx)["RUN"] == "miss: the cached layer is no longer in the store"
+    assert (store_root / "blobs" / "sha256" / digest).exists()
+
+
+# ---------------------------------------------------------------------------------------------- integrity
+
+
+def _entries_are_whole(store_root: Path) -> None:
+    """Every entry's layer blob exists and has the recorded size."""
+    if not (store_root / "cache.db").exists():
+        return  # killed before it opened the cache
+    with sqlite3.connect(store_root / "cache.db") as db:
+        rows = db.execute("SELECT key, layer FROM entries WHERE layer IS NOT NULL").fetchall()
+    for key, layer in rows:
+        desc = json.loads(layer)
+        blob = store_root / "blobs" / "sha256" / desc["digest"].split(":")[1]
+        assert blob.is_file() and blob.stat().st_size == desc["size"], key
+
+
+def test_four_concurrent_builds_on_one_store_all_succeed(tmp_path: Path, busybox: str, store_root: Path) -> None:
+    contexts = []
+    for n in range(4):
+        text = f"FROM busybox\nCOPY shared.txt /shared.txt\nRUN echo {n} > /n && sleep 0.2\nRUN cat /n /shared.txt\n"
+        contexts.append(make_context(tmp_path / f"ctx{n}", text, {"shared.txt": "same for all"}))
+    results: list[CLIResult] = []
+
+    def one(ctx: Path) -> None:
+        results.append(run_pybuild("build", "--progress", "plain", str(ctx)))
+
+    threads = [threading.Thread(target=one, args=(ctx,)) for ctx in contexts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.code for r in results] == [0, 0, 0, 0], [r.err[-500:] for r in results]
+    _entries_are_whole(store_root)
+    for ctx in contexts:
+        assert_all_cached(build(ctx))
+
+
+def test_a_killed_build_leaves_a_usable_cache(tmp_path: Path, busybox: str, store_root: Path) -> None:
+    text = "FROM busybox\n" + "".join(f"RUN echo {n} > /{n} && sleep 0.1\n" for n in range(8))
+    ctx = make_context(tmp_path / "ctx", text)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for delay in (0.3, 0.6, 0.9, 1.2):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "builder", "build", "--no-cache", "--progress", "plain", str(ctx)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        _entries_are_whole(store_root)
+    build(ctx)
+    assert_all_cached(build(ctx))

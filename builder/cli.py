@@ -16,13 +16,15 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from builder import __version__
-from builder.commit import source_date_epoch
+from builder import __version__, cacheops
+from builder.cache import CacheIndex
+from builder.commit import rfc3339, source_date_epoch
 from builder.context import list_context
 from builder.errors import BuildError, DockerfileError, UsageError
 from builder.export import check_destination, export_image, parse_output
@@ -394,6 +396,165 @@ def cmd_inspect(ctx: _Context) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------------- cache
+
+
+def cmd_cache(ctx: _Context) -> int:
+    raise UsageError("cache needs a subcommand: ls, inspect, du, prune or explain", hint="see 'pybuild cache --help'")
+
+
+@contextmanager
+def _cache_index(ctx: _Context) -> Iterator[CacheIndex]:
+    index = CacheIndex(ctx.store.root)
+    try:
+        yield index
+    finally:
+        index.close()
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _json_out(ctx: _Context, value: object) -> None:
+    ctx.out.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def cmd_cache_ls(ctx: _Context) -> int:
+    args = ctx.args
+    with _cache_index(ctx) as index:
+        entries = cacheops.list_entries(index)
+    if args.quiet:
+        for entry in entries:
+            ctx.out.write(f"{entry.key}\n")
+        return 0
+    if args.format == "json":
+        _json_out(ctx, [entry.to_json() for entry in entries])
+        return 0
+    table = [["KEY", "STEP", "STAGE", "CREATED", "LAST USED", "HITS", "SIZE"]]
+    for entry in entries:
+        table.append(
+            [
+                str(entry.key) if args.no_trunc else entry.key.short,
+                entry.step if args.no_trunc else _cut(entry.step, 48),
+                entry.stage,
+                _ago(rfc3339(entry.created)),
+                _ago(rfc3339(entry.last_used)),
+                str(entry.hits),
+                _human_size(entry.size),
+            ]
+        )
+    _table(table, ctx.out)
+    return 0
+
+
+def cmd_cache_inspect(ctx: _Context) -> int:
+    with _cache_index(ctx) as index:
+        found, errors = cacheops.inspect_entries(ctx.store, index, ctx.args.keys)
+    _json_out(ctx, found)
+    if errors:
+        raise BuildError("; ".join(errors))
+    return 0
+
+
+def cmd_cache_du(ctx: _Context) -> int:
+    args = ctx.args
+    with _cache_index(ctx) as index:
+        usage = cacheops.disk_usage(ctx.store, index)
+    if args.format == "json":
+        _json_out(ctx, usage.to_json(verbose=args.verbose))
+        return 0
+    if args.verbose:
+        table = [["KEY", "STEP", "SIZE", "SHARED", "LAST USED"]]
+        for record in usage.records:
+            entry = record.entry
+            table.append(
+                [
+                    entry.key.short,
+                    _cut(entry.step, 48),
+                    _human_size(entry.size),
+                    "yes" if record.shared else "no",
+                    _ago(rfc3339(entry.last_used)),
+                ]
+            )
+        _table(table, ctx.out)
+        ctx.out.write("\n")
+    for label, value in (
+        ("Entries:", str(usage.entries)),
+        ("Total:", _human_size(usage.total)),
+        ("Shared:", _human_size(usage.shared)),
+        ("Reclaimable:", _human_size(usage.reclaimable)),
+    ):
+        ctx.out.write(f"{label:<14}{value}\n")
+    return 0
+
+
+def cmd_cache_prune(ctx: _Context) -> int:
+    args = ctx.args
+    options = cacheops.PruneOptions(
+        all=args.all,
+        keep_storage=args.keep_storage,
+        until=min((seconds for _, seconds in args.filter), default=None),
+    )
+    with _cache_index(ctx) as index:
+        agreed: set[str] | None = None
+        if sys.stdin.isatty() and not args.force and args.format != "json":
+            planned = cacheops.plan_prune(ctx.store, index, options)
+            if planned:
+                sys.stderr.write(
+                    f"WARNING! This will remove {len(planned)} cache entries. Are you sure you want to continue? [y/N] "
+                )
+                sys.stderr.flush()
+                if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+                    raise BuildError("aborted")
+            agreed = {str(entry.key) for entry in planned}
+        result = cacheops.prune(ctx.store, index, options, only=agreed)
+    if args.format == "json":
+        _json_out(ctx, result.to_json())
+        return 0
+    ctx.out.write(f"Deleted {len(result.deleted)} cache entries, reclaimed {_human_size(result.reclaimed)}\n")
+    return 0
+
+
+_STATUS = {"cached": "CACHED", "built": "MISS", "failed": "FAILED"}
+
+
+def cmd_cache_explain(ctx: _Context) -> int:
+    with _cache_index(ctx) as index:
+        build = cacheops.last_build(index)
+    if build is None:
+        raise BuildError("no build has finished yet")
+    if ctx.args.format == "json":
+        _json_out(ctx, build.to_json())
+        return 0
+    ctx.out.write(f"{build.dockerfile} (finished {_ago(rfc3339(build.finished))})\n")
+    for step in build.steps:
+        line = f"{_STATUS.get(step.status, step.status.upper()):<8}[{step.stage}] line {step.line}: {step.step}"
+        if step.status == "built" and not step.reason:
+            line += f": after the miss at line {step.after}" if step.after is not None else ": after an earlier miss"
+        elif step.status != "cached" and step.reason:
+            line += f": {step.reason}"
+        ctx.out.write(line.replace("\n", " ") + "\n")
+    return 0
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return cacheops.parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _prune_filter(text: str) -> tuple[str, float]:
+    key, eq, value = text.partition("=")
+    if key != "until" or not eq:
+        raise argparse.ArgumentTypeError(f"unsupported filter {text!r} (supported: until=DURATION)")
+    try:
+        return key, cacheops.parse_duration(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 # ---------------------------------------------------------------------------------------------------- parser
 
 _EXAMPLES = {
@@ -417,6 +578,30 @@ _EXAMPLES = {
     "inspect": """examples:
   pybuild inspect busybox
   pybuild inspect busybox | jq -r '.[0].Config.Cmd'""",
+    "cache": """examples:
+  pybuild cache ls
+  pybuild cache du --verbose
+  pybuild cache explain
+  pybuild cache prune --filter until=24h""",
+    "cache ls": """examples:
+  pybuild cache ls
+  pybuild cache ls --no-trunc
+  pybuild cache ls --format json | jq -r '.[] | select(.hits == 0) | .key'""",
+    "cache inspect": """examples:
+  pybuild cache inspect 3f2a9c
+  pybuild cache inspect sha256:3f2a9c81d0e4 | jq '.[0].changes'""",
+    "cache du": """examples:
+  pybuild cache du
+  pybuild cache du --verbose
+  pybuild cache du --format json | jq .reclaimable""",
+    "cache prune": """examples:
+  pybuild cache prune
+  pybuild cache prune --all --force
+  pybuild cache prune --filter until=72h --keep-storage 10GB
+  pybuild cache prune --all --format json | jq .reclaimed""",
+    "cache explain": """examples:
+  pybuild build -t app . && pybuild cache explain
+  pybuild cache explain --format json | jq -r '.steps[] | select(.status == "built") | .reason'""",
 }
 
 
@@ -510,6 +695,84 @@ def _build_parser() -> _Parser:
     )
     p.add_argument("--why", action="store_true", help="also list excluded paths, with the rule that decided each")
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+
+    p = verb("cache", "Manage the step cache", cmd_cache)
+    cache_verbs = p.add_subparsers(dest="cache_command", metavar="COMMAND", parser_class=_Parser)
+
+    def cache_verb(name: str, help_text: str, description: str, run: Callable[[_Context], int]) -> _Parser:
+        sub = cache_verbs.add_parser(
+            name,
+            help=help_text,
+            description=description,
+            epilog=_EXAMPLES[f"cache {name}"],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[common],
+        )
+        sub.set_defaults(run=run)
+        return sub
+
+    p = cache_verb(
+        "ls",
+        "List the step cache's entries",
+        "List the step cache's entries, most recently used first.",
+        cmd_cache_ls,
+    )
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    p.add_argument("--no-trunc", action="store_true", help="full keys and steps")
+    p.add_argument("-q", "--quiet", action="store_true", help="only full keys")
+
+    p = cache_verb(
+        "inspect",
+        "Show cache entries as JSON, with the files each one's layer changes",
+        "Show cache entries as JSON: the key's record, the layers under the step, and the files its layer adds (A), "
+        "changes (C) and deletes (D).",
+        cmd_cache_inspect,
+    )
+    p.add_argument("keys", metavar="KEY", nargs="+", help="a key, or a unique prefix of its hex digits")
+    p.add_argument("--format", choices=("json",), default="json", help="output format (JSON)")
+
+    p = cache_verb(
+        "du",
+        "Show the step cache's disk usage",
+        "Show the step cache's disk usage: the distinct layers its entries hold, how much of that images in the "
+        "store also use (shared), and the rest, which 'cache prune --all' would free (reclaimable).",
+        cmd_cache_du,
+    )
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    p.add_argument("-v", "--verbose", action="store_true", help="also list the entries with a layer, largest first")
+
+    p = cache_verb(
+        "prune",
+        "Remove step cache entries",
+        "Remove step cache entries that no running build uses, and the layers, snapshots and compressed copies only "
+        "they held. By default, only entries whose layer no image in the store uses.",
+        cmd_cache_prune,
+    )
+    p.add_argument("-a", "--all", action="store_true", help="also entries whose layer an image uses, or with none")
+    p.add_argument(
+        "--keep-storage",
+        type=_size_arg,
+        metavar="SIZE",
+        help="remove least recently used entries only until the cache's layers fit in SIZE (10GB, 512MB, 2GiB)",
+    )
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        type=_prune_filter,
+        metavar="until=DURATION",
+        help="only entries last used longer ago than DURATION (24h, 90m, 7d)",
+    )
+    p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+
+    p = cache_verb(
+        "explain",
+        "Explain the cache hits and misses of the last build",
+        "Show, for each step of the last finished build, whether it came from the cache and, if not, why.",
+        cmd_cache_explain,
+    )
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
 
     p = verb("import", "Create a one-layer image from a root filesystem tarball", cmd_import)
     p.add_argument("source", metavar="ROOTFS", help="a tar, tar.gz or tar.zst file, or - for standard input")

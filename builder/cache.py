@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import marshal
 import os
 import sqlite3
 import time
@@ -38,7 +39,7 @@ __all__ = ["CacheEntry", "CacheIndex", "INDEX_FILE"]
 
 INDEX_FILE = "cache.db"
 LOCK_FILE = "cache.lock"
-SCHEMA = 1
+SCHEMA = 2  # the tables' layout; a database with another is emptied
 BUSY_TIMEOUT = 120.0  # seconds a writer waits for another (prune deleting blobs, a build recording a step)
 
 _TABLES = """
@@ -72,14 +73,7 @@ CREATE TABLE IF NOT EXISTS builds (
     report TEXT
 );
 CREATE TABLE IF NOT EXISTS leases (build TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (build, key)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS stats (
-    path BLOB PRIMARY KEY,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    ino INTEGER NOT NULL,
-    ctime_ns INTEGER NOT NULL,
-    digest TEXT NOT NULL
-) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stats (root BLOB PRIMARY KEY, rows BLOB NOT NULL) WITHOUT ROWID;
 """
 
 _COLUMNS = (
@@ -166,13 +160,18 @@ class CacheIndex:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        with self.transaction():
+        with self.transaction() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
+            if row is not None and row["value"] != str(SCHEMA):
+                # Another pybuild's layout: the cache is only a cache, so it starts empty rather than misread.
+                for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                    if table != "meta":
+                        db.execute(f'DROP TABLE "{table}"')
             for statement in _TABLES.split(";"):
                 if statement.strip():
-                    self._db.execute(statement)
-            row = self._db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA),))
+                    db.execute(statement)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA),))
 
     def close(self) -> None:
         self._db.close()
@@ -322,23 +321,19 @@ class CacheIndex:
 
     # ---------------------------------------------------------------------------------------- stat cache
 
-    def load_stats(self, directory: bytes) -> dict[bytes, StatRow]:
-        """The stat cache rows of every path below ``directory``."""
-        low, high = directory.rstrip(b"/") + b"/", directory.rstrip(b"/") + b"0"  # "0" sorts right after "/"
-        rows = self._db.execute(
-            "SELECT path, size, mtime_ns, ino, ctime_ns, digest FROM stats WHERE path >= ? AND path < ?", (low, high)
-        )
-        return {bytes(r[0]): (r[1], r[2], r[3], r[4], r[5]) for r in rows}
+    def load_stats(self, root: bytes) -> dict[bytes, StatRow]:
+        """The stat cache of the tree at ``root`` (absolute path -> row); empty when unknown or unreadable."""
+        row = self._db.execute("SELECT rows FROM stats WHERE root = ?", (root,)).fetchone()
+        if row is None:
+            return {}
+        try:
+            # marshal, not JSON: it loads 30k rows in a few milliseconds, and it can only build plain values.
+            # Its format may change between Python versions; then the cache is simply rebuilt.
+            rows = marshal.loads(row["rows"])
+        except (EOFError, ValueError, TypeError):
+            return {}
+        return rows if isinstance(rows, dict) else {}
 
-    def save_stats(self, rows: Mapping[bytes, StatRow]) -> None:
-        if not rows:
-            return
+    def save_stats(self, root: bytes, rows: Mapping[bytes, StatRow]) -> None:
         with self.transaction() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO stats VALUES (?, ?, ?, ?, ?, ?)",
-                [(path, *row) for path, row in rows.items()],
-            )
-
-    def forget_stats(self, missing: list[bytes]) -> None:
-        with self.transaction() as db:
-            db.executemany("DELETE FROM stats WHERE path = ?", [(p,) for p in missing])
+            db.execute("INSERT OR REPLACE INTO stats VALUES (?, ?)", (root, marshal.dumps(dict(rows))))

@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from builder.copy import CopyError, SourceTree, match_wildcards, parts, resolve
+from builder.copy import ContextTree, CopyError, SourceTree, match_wildcards, parts, resolve
 from oci.layer import read_xattrs
 
 __all__ = ["Checksums", "StatCache", "StatRow", "checksum_source"]
@@ -41,9 +41,11 @@ class StatCache:
     rows: Mapping[bytes, StatRow] = field(default_factory=dict)
     started_ns: int = field(default_factory=time.time_ns)
     updates: dict[bytes, StatRow] = field(default_factory=dict)
+    seen: set[bytes] = field(default_factory=set)
     hashed: int = 0  # entries whose content was read (for tests and benchmarks)
 
     def lookup(self, path: bytes, st: os.stat_result) -> str | None:
+        self.seen.add(path)
         row = self.updates.get(path) or self.rows.get(path)
         if row is None:
             return None
@@ -57,6 +59,15 @@ class StatCache:
             return
         self.updates[path] = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest)
 
+    def merged(self) -> dict[bytes, StatRow] | None:
+        """The rows to keep after this build, or None when nothing was learnt: what was learnt, over what was
+        known and still exists (a path not looked at this time may still be there)."""
+        if not self.updates:
+            return None
+        rows = {p: r for p, r in self.rows.items() if p in self.seen or os.path.lexists(p)}
+        rows.update(self.updates)
+        return rows
+
 
 @dataclass(frozen=True)
 class Checksums:
@@ -66,20 +77,15 @@ class Checksums:
     files: dict[str, dict[str, str]]  # match -> relative path -> a summary that changes when the file does
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISCHR(mode):
-        return "char"
-    if stat.S_ISBLK(mode):
-        return "block"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    return ""
+_KINDS = {
+    stat.S_IFREG: "file",
+    stat.S_IFDIR: "dir",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFCHR: "char",
+    stat.S_IFBLK: "block",
+    stat.S_IFIFO: "fifo",
+}
+_HASHED = ("file", "dir", "symlink")  # what has content or extended attributes worth a digest
 
 
 class _Walker:
@@ -116,32 +122,35 @@ class _Walker:
             stats.remember(real, st, digest)  # type: ignore[arg-type]
         return digest
 
-    def entry(self, rel: str, src: str, st: os.stat_result, label: str) -> None:
+    def entry(self, rel: str, src: str, st: os.stat_result, real: bytes | None, label: str) -> None:
         mode = st.st_mode
-        kind = _kind(mode)
-        if not kind:
+        kind = _KINDS.get(stat.S_IFMT(mode))
+        if kind is None:
             return  # a socket: the copier skips it
-        real = self.tree.real_path(src)
-        keeps = self.tree.keeps_owners
         # NUL separates fields: no path or value here can hold one.
-        meta = f"{kind}\0{stat.S_IMODE(mode):o}\0{st.st_uid if keeps else 0}\0{st.st_gid if keeps else 0}"
-        if kind in ("char", "block"):
+        if self.tree.keeps_owners:
+            meta = f"{kind}\0{stat.S_IMODE(mode):o}\0{st.st_uid}\0{st.st_gid}"
+        else:
+            meta = f"{kind}\0{stat.S_IMODE(mode):o}\x000\x000"
+        if kind == "char" or kind == "block":
             meta += f"\0{os.major(st.st_rdev)},{os.minor(st.st_rdev)}"
-        if kind == "file" and st.st_nlink > 1 and real is not None:
-            inode = (st.st_dev, st.st_ino)
+        elif kind == "file" and st.st_nlink > 1 and real is not None:
             me = f"{label}:{rel}"
-            first = self.links.setdefault(inode, me)
+            first = self.links.setdefault((st.st_dev, st.st_ino), me)
             if first != me:
                 meta += f"\0link={first}"
         if self.epoch is not None:
             meta += f"\0mtime={max(0, min(int(st.st_mtime), self.epoch))}"
-        content = self.content(src, st, real) if kind in ("file", "dir", "symlink") else ""
+        content = self.content(src, st, real) if kind in _HASHED else ""
         self.files[rel] = f"{content[:_SHORT]}\0{meta}"
         self.lines.append(f"{rel}\0{content}\0{meta}\n".encode("utf-8", "surrogateescape"))
 
     def walk(self, src: str, rel: str, st: os.stat_result, label: str) -> None:
-        self.entry(rel, src, st, label)
+        self.entry(rel, src, st, self.tree.real_path(src), label)
         if not stat.S_ISDIR(st.st_mode):
+            return
+        if isinstance(self.tree, ContextTree):
+            self._walk_context(self.tree, src, rel, self.tree.real_path(src), label)
             return
         for name in self.tree.listdir(src):
             child = f"{src}/{name}" if src else name
@@ -149,6 +158,20 @@ class _Walker:
             if child_st is None:
                 continue  # removed while we read (the copier skips it too)
             self.walk(child, f"{rel}/{name}" if rel else name, child_st, label)
+
+    def _walk_context(self, tree: ContextTree, src: str, rel: str, real: bytes, label: str) -> None:
+        """``walk`` for a build context, the case that must be fast: the same entries, fewer calls per entry."""
+        for name in tree.listdir(src):
+            child = f"{src}/{name}" if src else name
+            child_real = real + b"/" + name.encode("utf-8", "surrogateescape")
+            try:
+                child_st = os.lstat(child_real)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # removed while we read (the copier skips it too)
+            child_rel = f"{rel}/{name}" if rel else name
+            self.entry(child_rel, child, child_st, child_real, label)
+            if stat.S_ISDIR(child_st.st_mode):
+                self._walk_context(tree, child, child_rel, child_real, label)
 
 
 def checksum_source(

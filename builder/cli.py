@@ -43,7 +43,7 @@ from builder.request import (
     resolve_paths,
 )
 from builder.root import Store, open_store, store_root
-from builder.solve import BuildOptions, solve
+from builder.solve import BuildOptions, BuildResult, solve
 from oci.compression import Compression
 from oci.descriptor import Platform
 from oci.errors import InvalidReference, OCIError
@@ -232,6 +232,7 @@ def cmd_build(ctx: _Context) -> int:
         no_cache_filter=frozenset(name for text in args.no_cache_filter for name in text.split(",") if name),
         names=tuple(str(ref) for ref in names),
     )
+    result: BuildResult | None = None
     try:
         result = solve(plan, ctx.store, options, progress)
         image = result.image
@@ -251,6 +252,8 @@ def cmd_build(ctx: _Context) -> int:
             )
         progress.status(f"image {image.id}")
     finally:
+        if result is not None:
+            result.release()
         progress.done()
         if log_file is not None:
             log_file.close()

@@ -14,10 +14,12 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import requests
+from typing import TYPE_CHECKING
 
 from builder.errors import BuildError
+
+if TYPE_CHECKING:
+    import requests
 
 __all__ = ["Downloaded", "FetchError", "download", "url_file_name"]
 
@@ -62,6 +64,8 @@ def download(
     """Fetch ``url`` into the directory ``into``, verifying ``--checksum``; the file's mtime is Last-Modified."""
     check = _checker(checksum)
     hasher = hashlib.new(check[0]) if check else None
+    import requests  # here, not at the top: importing it costs every command ~70 ms, and few builds fetch
+
     http = session or requests.Session()
     name = url_file_name(url)
     target = into / "download"

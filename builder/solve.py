@@ -22,7 +22,7 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -110,6 +110,7 @@ class BuildResult:
     image: Image
     stage: PlannedStage
     report: tuple[StepReport, ...] = ()
+    release: Callable[[], None] = lambda: None  # ends the build: until then its cache entries are leased
 
 
 def _works(step: Step) -> bool:
@@ -676,11 +677,21 @@ class _Solver:
             result = self.results[target.index]
             self.progress.status("writing image")
             image = store_image(self.store.layout, result.config, list(result.rootfs.layers))
-            return BuildResult(image, target, tuple(self.report))
-        finally:
-            for stats in self.stats.values():
-                self.cache.save_stats(stats.updates)
-            self.cache.finish_build(self.build_id, [r.to_json() for r in self.report])
+        except BaseException:
+            self.release()
+            raise
+        return BuildResult(image, target, tuple(self.report), self.release)
+
+    def release(self) -> None:
+        """End the build in the cache: keep what the stat caches learnt and the report, drop the leases. The
+        caller calls it once the image is tagged and exported, so that a prune cannot take its layers before."""
+        if self.build_id:
+            build, self.build_id = self.build_id, ""
+            for root, stats in self.stats.items():
+                rows = stats.merged()
+                if rows is not None:
+                    self.cache.save_stats(root, rows)
+            self.cache.finish_build(build, [r.to_json() for r in self.report])
             self.cache.close()
 
 

@@ -24,6 +24,7 @@ from typing import Any, NoReturn, TextIO
 
 from builder import __version__, cacheops
 from builder.cache import CacheIndex
+from builder.cacheshare import check_cache_destination, parse_cache_option
 from builder.commit import rfc3339, source_date_epoch
 from builder.context import list_context
 from builder.errors import BuildError, DockerfileError, UsageError
@@ -215,6 +216,10 @@ def cmd_build(ctx: _Context) -> int:
     if sum(spec.to_stdout for spec in outputs) > 1:
         raise UsageError("only one --output can write to standard output")
     names = _parse_refs(request.tags)
+    cache_from = tuple(parse_cache_option(text, "--cache-from") for text in args.cache_from)
+    cache_to = tuple(parse_cache_option(text, "--cache-to") for text in args.cache_to)
+    for spec in cache_to:
+        check_cache_destination(spec.path, ctx.store)
     epoch = _epoch(ctx, request)
     plan = _plan(ctx, request, all_stages=False)
     _note_syntax(plan, args.quiet)
@@ -231,6 +236,8 @@ def cmd_build(ctx: _Context) -> int:
         no_cache=args.no_cache,
         no_cache_filter=frozenset(name for text in args.no_cache_filter for name in text.split(",") if name),
         names=tuple(str(ref) for ref in names),
+        cache_from=cache_from,
+        cache_to=cache_to,
     )
     result: BuildResult | None = None
     try:
@@ -672,6 +679,20 @@ def _build_parser() -> _Parser:
         help="clamp every timestamp to SOURCE_DATE_EPOCH (0 when unset) so the same inputs give the same digest",
     )
     p.add_argument("--no-cache", action="store_true", help="run every step (the new results are still cached)")
+    p.add_argument(
+        "--cache-from",
+        action="append",
+        default=[],
+        metavar="type=local,src=DIR[,tag=TAG]",
+        help="also look for cached steps in this exported cache (repeatable)",
+    )
+    p.add_argument(
+        "--cache-to",
+        action="append",
+        default=[],
+        metavar="type=local,dest=DIR[,mode=min|max]",
+        help="export the build's cached steps to DIR (mode=min: the image's layers; max: every stage's)",
+    )
     p.add_argument(
         "--no-cache-filter",
         action="append",

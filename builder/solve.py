@@ -30,6 +30,7 @@ from builder import cachekey
 from builder import copy as copying
 from builder.cache import CacheEntry, CacheIndex
 from builder.cachekey import Files, Record
+from builder.cacheshare import CacheSpec, ImportedCache, export_cache
 from builder.checksum import StatCache, checksum_source
 from builder.commit import rfc3339, store_image
 from builder.context import load_ignore_rules
@@ -70,6 +71,8 @@ class BuildOptions:
     no_cache: bool = False  # run every step (results are still recorded)
     no_cache_filter: frozenset[str] = frozenset()  # run every step of these stages
     names: tuple[str, ...] = ()  # the image's names, recorded with the cache entries
+    cache_from: tuple[CacheSpec, ...] = ()  # --cache-from: portable caches consulted after the store's
+    cache_to: tuple[CacheSpec, ...] = ()  # --cache-to: where this build's entries are exported
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,8 @@ class _Solver:
         self.build_id = ""
         self.stats: dict[bytes, StatCache] = {}
         self.report: list[StepReport] = []
+        self.imported: list[ImportedCache] = []
+        self.stage_keys: dict[int, list[Digest]] = {}  # the entries each stage used or made, for --cache-to
         self._held = contextlib.ExitStack()  # the cache guard, from a layer's commit until its entry is recorded
 
     # --- errors carry the Dockerfile location
@@ -284,6 +289,7 @@ class _Solver:
             created = self.created
         diff_id = rootfs.diff_ids[-1] if rootfs.diff_ids else None
         state = cachekey.step_parent(key, diff_id)
+        self.stage_keys.setdefault(stage.index, []).append(key)
         return StageResult(rootfs, replace(config, created=created), state, FrozenMap({"base": f"context {name}"}))
 
     def source_tree(self, source: Source, stage: PlannedStage, line: int) -> copying.SourceTree:
@@ -497,6 +503,7 @@ class _Solver:
                 changed = len(new.layers) > len(rootfs.layers)
                 rootfs = new
                 state = cachekey.step_parent(key, rootfs.diff_ids[-1] if changed else None)
+                self.stage_keys.setdefault(stage.index, []).append(key)
                 about = {}
             if step.history:
                 history.append(
@@ -602,13 +609,25 @@ class _Solver:
         return inputs
 
     def lookup(self, key: Digest) -> CacheEntry | None:
-        """The entry of ``key`` if its layer is in the store; a hit leases it to this build."""
+        """The entry of ``key`` if its layer is in the store, else from a ``--cache-from`` cache (its layer is
+        then copied into the store and the entry recorded locally); a hit leases it to this build."""
         with self.cache.guard():
             entry = self.cache.get(key)
-            if entry is None or (entry.layer is not None and not self.blobs.has(entry.layer.digest)):
-                return None
-            self.cache.use(key, self.build_id)
-        return entry
+            if entry is not None and (entry.layer is None or self.blobs.has(entry.layer.digest)):
+                self.cache.use(key, self.build_id)
+                return entry
+            for imported in self.imported:
+                found = imported.get(key)
+                if found is None:
+                    continue
+                try:
+                    imported.fetch(found, self.blobs)
+                except BuildError as err:
+                    self.progress.status(f"WARNING: {err.message}")
+                    continue
+                self.cache.put(found, None, self.build_id)
+                return found
+        return None
 
     def remember(
         self,
@@ -649,12 +668,16 @@ class _Solver:
         if self.cache.get(key) is not None:
             return "the cached layer is no longer in the store"
         candidates = self.cache.candidates(stage.display, step.line)
+        for imported in self.imported:
+            candidates.extend(imported.candidates(stage.display, step.line))
         same = [c for c in candidates if c.dockerfile == self.dockerfile] or candidates
         if not same:
             return "no earlier build of this step is in the cache"
         record = inputs.record
         best = min(same, key=lambda c: cachekey.score(record, c.record))
-        old_files = self.cache.files(best.key) if record.get("sources") != best.record.get("sources") else None
+        old_files = None
+        if record.get("sources") != best.record.get("sources"):
+            old_files = self.cache.files(best.key)
         reasons = cachekey.differences(
             record,
             best.record,
@@ -669,6 +692,11 @@ class _Solver:
         self.snapshots.sweep()
         self.build_id = self.cache.start_build(self.dockerfile)
         try:
+            for spec in self.options.cache_from:
+                imported = ImportedCache.load(spec.path, spec.tag)
+                if imported.warning:
+                    self.progress.status(f"WARNING: {imported.warning}")
+                self.imported.append(imported)
             working = sum(1 + sum(_works(s) for s in stage.steps) for stage in self.plan.stages)
             self.progress.expect(working)
             for stage in self.plan.stages:
@@ -677,10 +705,33 @@ class _Solver:
             result = self.results[target.index]
             self.progress.status("writing image")
             image = store_image(self.store.layout, result.config, list(result.rootfs.layers))
+            for spec in self.options.cache_to:
+                self.export_cache(spec, target)
         except BaseException:
             self.release()
             raise
         return BuildResult(image, target, tuple(self.report), self.release)
+
+    def export_cache(self, spec: CacheSpec, target: PlannedStage) -> None:
+        """``--cache-to``: ``mode=min`` exports the entries of the image's own layers (the target stage and the
+        stages it is built FROM), ``mode=max`` every entry this build used or made, as BuildKit's modes do."""
+        stages = [stage.index for stage in self.plan.stages]
+        if spec.mode == "min":
+            stages, index = [], target.index
+            while True:
+                stages.append(index)
+                base = self.plan.stage(index).base
+                if base.kind != "stage":
+                    break
+                index = base.stage
+        entries = []
+        for index in stages:
+            for key in self.stage_keys.get(index, []):
+                entry = self.cache.get(key)
+                if entry is not None:
+                    entries.append(entry)
+        self.progress.status(f"exporting cache to {spec.path} ({len(entries)} entries, mode={spec.mode})")
+        export_cache(spec.path, entries, self.store, compression=spec.compression, tag=spec.tag)
 
     def release(self) -> None:
         """End the build in the cache: keep what the stat caches learnt and the report, drop the leases. The

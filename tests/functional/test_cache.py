@@ -372,3 +372,60 @@ def test_a_killed_build_leaves_a_usable_cache(tmp_path: Path, busybox: str, stor
         _entries_are_whole(store_root)
     build(ctx)
     assert_all_cached(build(ctx))
+
+
+# ----------------------------------------------------------------------------------- the portable cache
+
+
+MULTI_STAGE = """\
+FROM busybox AS builder
+RUN echo built > /artifact
+FROM busybox
+COPY --from=builder /artifact /artifact
+RUN cat /artifact > /copy
+"""
+
+
+def _same_base(busybox_tar: Path, env: dict[str, str] | None = None) -> None:
+    """busybox imported with SOURCE_DATE_EPOCH, so every store holds the very same base image."""
+    env = {**(env or os.environ), "SOURCE_DATE_EPOCH": "0"}
+    result = run_pybuild("import", "-q", str(busybox_tar), "busybox", env=env)
+    assert result.code == 0, result
+
+
+def _other_store(tmp_path: Path, busybox_tar: Path, name: str) -> dict[str, str]:
+    env = {**os.environ, "PYBUILD_ROOT": str(tmp_path / name)}
+    _same_base(busybox_tar, env)
+    return env
+
+
+def test_a_cache_exported_with_mode_max_makes_another_store_hit_every_step(
+    tmp_path: Path, busybox: str, busybox_tar: Path
+) -> None:
+    ctx = make_context(tmp_path / "ctx", MULTI_STAGE)
+    cache = tmp_path / "cache"
+    _same_base(busybox_tar)
+    first = build(ctx, "--cache-to", f"type=local,dest={cache},mode=max")
+    env = _other_store(tmp_path, busybox_tar, "second-machine")
+    second = build(ctx, "--cache-from", f"type=local,src={cache}", env=env)
+    assert_all_cached(second)
+    assert second.image == first.image
+
+
+def test_mode_min_exports_only_the_image_layers(tmp_path: Path, busybox: str, busybox_tar: Path) -> None:
+    ctx = make_context(tmp_path / "ctx", MULTI_STAGE)
+    cache = tmp_path / "cache"
+    epoch = {"SOURCE_DATE_EPOCH": "0"}
+    _same_base(busybox_tar)
+    build(ctx, "--cache-to", f"type=local,dest={cache}", env=epoch)
+    env = {**_other_store(tmp_path, busybox_tar, "second-machine"), **epoch}
+    second = build(ctx, "--cache-from", f"type=local,src={cache}", env=env)
+    assert second["RUN echo built"] == "miss: no earlier build of this step is in the cache"
+    # The builder stage ran again and gave the same file, so the final stage's steps come from the cache.
+    assert second["COPY --from=builder"] == "CACHED" and second["RUN cat"] == "CACHED"
+
+
+def test_a_missing_cache_from_directory_only_warns(tmp_path: Path, busybox: str) -> None:
+    ctx = make_context(tmp_path / "ctx", "FROM busybox\nRUN echo hi > /hi\n")
+    outcome = build(ctx, "--cache-from", f"type=local,src={tmp_path / 'nowhere'}")
+    assert "WARNING" in outcome.result.err and outcome["RUN"].startswith("miss: ")

@@ -71,10 +71,22 @@ class StatCache:
 
 @dataclass(frozen=True)
 class Checksums:
-    """One source's part of a key record, and its per-file digests for explaining a miss."""
+    """One source's part of a key record, and its per-file summaries for explaining a miss."""
 
     matches: list[dict[str, str]]  # [{"path": match, "tree": "sha256:..."}], in match order
-    files: dict[str, dict[str, str]]  # match -> relative path -> a summary that changes when the file does
+    lines: dict[str, list[str]]  # match -> the lines its tree digest was computed from
+
+    @property
+    def files(self) -> dict[str, dict[str, str]]:
+        """match -> relative path -> a summary that changes when the file does (only a miss needs them, so they
+        are made from the lines on demand rather than on every walk)."""
+        out: dict[str, dict[str, str]] = {}
+        for match, lines in self.lines.items():
+            summaries = out[match] = {}
+            for line in lines:
+                rel, content, meta = line[:-1].split("\0", 2)
+                summaries[rel] = f"{content[:_SHORT]}\0{meta}"
+        return out
 
 
 _KINDS = {
@@ -96,8 +108,7 @@ class _Walker:
         self.stats = stats
         self.epoch = epoch
         self.links = links
-        self.lines: list[bytes] = []
-        self.files: dict[str, str] = {}
+        self.lines: list[str] = []
 
     def content(self, rel: str, st: os.stat_result, real: bytes | None) -> str:
         stats = self.stats if real is not None else None
@@ -142,8 +153,7 @@ class _Walker:
         if self.epoch is not None:
             meta += f"\0mtime={max(0, min(int(st.st_mtime), self.epoch))}"
         content = self.content(src, st, real) if kind in _HASHED else ""
-        self.files[rel] = f"{content[:_SHORT]}\0{meta}"
-        self.lines.append(f"{rel}\0{content}\0{meta}\n".encode("utf-8", "surrogateescape"))
+        self.lines.append(f"{rel}\0{content}\0{meta}\n")
 
     def walk(self, src: str, rel: str, st: os.stat_result, label: str) -> None:
         self.entry(rel, src, st, self.tree.real_path(src), label)
@@ -187,7 +197,7 @@ def checksum_source(
     shares hardlink detection across them."""
     links = {} if links is None else links
     matches: list[dict[str, str]] = []
-    files: dict[str, dict[str, str]] = {}
+    lines: dict[str, list[str]] = {}
     for match in match_wildcards(tree, path):
         src = resolve(tree, match)
         st = tree.lstat(src)
@@ -195,7 +205,7 @@ def checksum_source(
             raise CopyError(f'"/{"/".join(parts(path))}": not found')
         walker = _Walker(tree, stats, epoch, links)
         walker.walk(src, "", st, match)
-        digest = hashlib.sha256(b"".join(walker.lines)).hexdigest()
+        digest = hashlib.sha256("".join(walker.lines).encode("utf-8", "surrogateescape")).hexdigest()
         matches.append({"path": match, "tree": f"sha256:{digest}"})
-        files[match] = walker.files
-    return Checksums(matches, files)
+        lines[match] = walker.lines
+    return Checksums(matches, lines)

@@ -31,7 +31,7 @@ from builder import copy as copying
 from builder.cache import CacheEntry, CacheIndex
 from builder.cachekey import Files, Record
 from builder.cacheshare import CacheSpec, ImportedCache, export_cache
-from builder.checksum import StatCache, checksum_source
+from builder.checksum import Checksums, StatCache, checksum_source
 from builder.commit import rfc3339, store_image
 from builder.context import load_ignore_rules
 from builder.errors import BuildError, DockerfileError, ImageNotFound
@@ -103,9 +103,15 @@ class _Inputs:
     """What a step's key was computed from that the step itself needs again on a miss."""
 
     record: Record
-    files: Files | None = None
+    checksums: list[Checksums | None] = field(default_factory=list)  # COPY/ADD: per source, from the context
     downloads: dict[str, Downloaded] = field(default_factory=dict)  # ADD URL: fetched to compute the key
     scratch: list[Path] = field(default_factory=list)  # removed when the step ends
+
+    @property
+    def files(self) -> Files | None:
+        """Per-file summaries of the sources, for explaining a miss (made only when one needs them)."""
+        files = [sums.files if sums is not None else {} for sums in self.checksums]
+        return files if any(files) else None
 
 
 @dataclass(frozen=True)
@@ -560,12 +566,11 @@ class _Solver:
             return inputs
         assert isinstance(instruction, ins.Copy | ins.Add)
         sources: list[Record] = []
-        files: Files = []
         source = step.source or Source("context")
         if source.kind == "url":
             assert isinstance(instruction, ins.Add)
             for url in instruction.sources:
-                files.append({})
+                inputs.checksums.append(None)
                 if instruction.checksum:
                     sources.append({"url": url, "checksum": instruction.checksum})
                     continue
@@ -591,7 +596,7 @@ class _Solver:
                 for path in instruction.sources:
                     sums = checksum_source(tree, path, stats=stats, epoch=epoch, links=links)
                     sources.append({"context": source.ref or ".", "path": path, "matches": sums.matches})
-                    files.append(sums.files)
+                    inputs.checksums.append(sums)
             else:
                 if source.kind == "stage":
                     origin = {"stage": self.plan.stage(source.stage).display}
@@ -603,9 +608,8 @@ class _Solver:
                 layers = [str(d) for d in diff_ids]
                 for path in instruction.sources:
                     sources.append({**origin, "layers": layers, "path": path})
-                    files.append({})
+                    inputs.checksums.append(None)
         inputs.record = cachekey.copy_record(state, step, sources, platform=platform, epoch=epoch)
-        inputs.files = files if any(files) else None
         return inputs
 
     def lookup(self, key: Digest) -> CacheEntry | None:

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO, CLIResult, require_root, run_pybuild
 
-RUN = "RUN echo built > /app/run.txt && rm /bin/vi && echo done"  # longer than the 48 columns ls shows
+# Longer than the 48 columns ls shows; its layer follows hello.txt, so a changed hello.txt changes both layers
+# even within one second (a layer's mtimes are whole seconds).
+RUN = "RUN cat /app/hello.txt > /app/run.txt && rm /bin/vi && echo done"
 DOCKERFILE = f"FROM busybox\nCOPY hello.txt /app/\n{RUN}\n"
 KEY = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -67,7 +69,7 @@ def test_ls_table_quiet_and_json(project: Path) -> None:
     assert re.split(r"\s{2,}", rows[0]) == ["KEY", "STEP", "STAGE", "CREATED", "LAST USED", "HITS", "SIZE"]
     assert len(rows) == 3
     run_row, copy_row = rows[1], rows[2]  # the RUN was used last
-    shown = "RUN echo built > /app/run.txt && rm /bin/vi &..."  # 48 columns
+    shown = "RUN cat /app/hello.txt > /app/run.txt && rm /..."  # 48 columns
     assert re.match(rf"[0-9a-f]{{12}}   {re.escape(shown)}   stage-0 ", run_row) and len(shown) == 48
     assert re.match(r"[0-9a-f]{12}   COPY hello\.txt /app/ +stage-0 ", copy_row)
     assert re.search(r"\s0\s+\d[\d.]*kB$", copy_row)

@@ -8,6 +8,8 @@ of a stage, ``#N DONE`` for a step that ran.
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import json
 import os
 import re
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -429,3 +432,90 @@ def test_a_missing_cache_from_directory_only_warns(tmp_path: Path, busybox: str)
     ctx = make_context(tmp_path / "ctx", "FROM busybox\nRUN echo hi > /hi\n")
     outcome = build(ctx, "--cache-from", f"type=local,src={tmp_path / 'nowhere'}")
     assert "WARNING" in outcome.result.err and outcome["RUN"].startswith("miss: ")
+
+
+# ----------------------------------------------------------------------------------- ADD, named contexts
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, Path, _Server]]:
+    root = tmp_path / "served"
+    root.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, *args):  # type: ignore[no-untyped-def]
+            pass
+
+    server = _Server(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root, server
+    finally:
+        server.shutdown()
+
+
+def test_add_url_is_keyed_by_its_content_or_its_checksum(
+    tmp_path: Path, busybox: str, served: tuple[str, Path, _Server]
+) -> None:
+    base, root, server = served
+    (root / "tool.sh").write_text("v1\n")
+    ctx = make_context(tmp_path / "ctx", f"FROM busybox\nADD {base}/tool.sh /opt/\n")
+    build(ctx)
+    assert_all_cached(build(ctx))
+    (root / "tool.sh").write_text("v2\n")
+    assert build(ctx)["ADD"] == f"miss: {base}/tool.sh changed"
+
+    digest = "sha256:" + hashlib.sha256(b"v2\n").hexdigest()
+    pinned = make_context(tmp_path / "pinned", f"FROM busybox\nADD --checksum={digest} {base}/tool.sh /opt/\n")
+    build(pinned)
+    server.shutdown()  # with --checksum, a hit needs no download
+    assert_all_cached(build(pinned))
+
+
+def test_a_directory_context_is_keyed_by_its_content(tmp_path: Path, busybox: str) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "a.txt").write_text("a")
+    ctx = make_context(tmp_path / "ctx", "FROM busybox\nCOPY --from=extra a.txt /a.txt\nRUN cat /a.txt\n")
+    build(ctx, "--build-context", f"extra={files}")
+    assert_all_cached(build(ctx, "--build-context", f"extra={files}"))
+    (files / "a.txt").write_text("b")
+    assert build(ctx, "--build-context", f"extra={files}")["COPY"] == "miss: a.txt changed"
+
+
+# ------------------------------------------------------------------------------------------ prune vs build
+
+
+def test_prune_racing_builds_never_breaks_them(tmp_path: Path, busybox: str, store_root: Path) -> None:
+    """``cache prune --all`` in a loop while builds record and hit entries: every build succeeds, and every
+    image it makes has all its blobs."""
+    text = "FROM busybox\n" + "".join(f"RUN echo {n} > /{n}\n" for n in range(6))
+    ctx = make_context(tmp_path / "ctx", text)
+    stop = threading.Event()
+    prunes: list[CLIResult] = []
+
+    def prune() -> None:
+        while not stop.is_set():
+            prunes.append(run_pybuild("cache", "prune", "--all", "--force"))
+
+    pruner = threading.Thread(target=prune)
+    pruner.start()
+    try:
+        for n in range(4):
+            forced = ["--no-cache"] if n % 2 else []  # alternately record new entries and hit them
+            result = run_pybuild("build", "-q", "-t", f"raced:{n}", *forced, str(ctx))
+            assert result.code == 0, result
+            image = json.loads(run_pybuild("inspect", f"raced:{n}").out)[0]
+            for layer in image["Manifest"]["layers"]:
+                assert (store_root / "blobs" / "sha256" / layer["digest"].split(":")[1]).is_file()
+    finally:
+        stop.set()
+        pruner.join()
+    assert prunes and all(p.code == 0 for p in prunes), [p.err for p in prunes if p.code]

@@ -38,15 +38,14 @@ pointing at a layer that does not exist) is refused, naming ``--cache-from type=
 
 from __future__ import annotations
 
-import csv
-import difflib
 import re
 import shutil
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from builder.attrs import csv_fields, go_bool, key_values, suggest
 from builder.cache import CacheEntry
 from builder.compressed import CompressedLayers
 from builder.errors import BuildError, UsageError
@@ -133,20 +132,6 @@ class CacheSpec:
 # ---------------------------------------------------------------------------------------------------- parsing
 
 
-def _go_bool(where: str, key: str, value: str) -> bool:
-    # Go's strconv.ParseBool, which buildx uses; an empty value means true.
-    if value in ("", "1", "t", "T", "TRUE", "true", "True"):
-        return True
-    if value in ("0", "f", "F", "FALSE", "false", "False"):
-        return False
-    raise UsageError(f"{where}: {key}={value!r} is not a boolean")
-
-
-def _suggest(word: str, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, sorted(options), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
 def _not_yet(flag: str, kind: str) -> BuildError:
     return BuildError(
         f"{flag} type={kind} is not supported yet",
@@ -162,41 +147,33 @@ def parse_cache_option(text: str, flag: str) -> CacheSpec:
         raise ValueError(f"flag must be {CACHE_TO} or {CACHE_FROM}, not {flag!r}")
     if not text.strip():
         raise UsageError(f"{flag}: empty value")
-    try:
-        fields = next(csv.reader([text], strict=True), [])
-    except csv.Error as err:
-        raise UsageError(f"{flag} {text!r}: {err}") from None
+    fields = csv_fields(text, flag)
     if "=" not in text:
         raise _not_yet(flag, "registry")  # buildx reads a bare value as type=registry,ref=VALUE
-    attrs: dict[str, str] = {}
-    for item in fields:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"{flag}: invalid value {item!r} (expected key=value)")
-        attrs[key.strip().lower()] = value
+    attrs = key_values(fields, flag)
     kind = attrs.pop("type", "")
     if not kind:
         raise UsageError(f"{flag} {text!r}: type is required (e.g. type=local,{_KEYS[flag][0]}=DIR)")
     if kind in _LATER_TYPES:
         raise _not_yet(flag, kind)
     if kind not in _TYPES:
-        raise UsageError(f"{flag}: unknown cache type {kind!r}{_suggest(kind, _TYPES + _LATER_TYPES)}")
+        raise UsageError(f"{flag}: unknown cache type {kind!r}{suggest(kind, _TYPES + _LATER_TYPES)}")
     where = f"{flag} type={kind}"
     other = CACHE_FROM if flag == CACHE_TO else CACHE_TO
     for key, value in attrs.items():
         if key in _KEYS[flag]:
             continue
         if key in _NO_OPS[flag]:
-            _go_bool(where, key, value)
+            go_bool(where, key, value)
         elif key in _ALWAYS_TRUE[flag]:
-            if not _go_bool(where, key, value):
+            if not go_bool(where, key, value):
                 raise UsageError(f"{where}: {key}=false is not supported ({_ALWAYS_TRUE[flag][key]})")
         elif key in _REFUSED[flag]:
             raise UsageError(f"{where}: {key} is not supported by pybuild: {_REFUSED[flag][key]}")
         elif any(key in table[other] for table in (_KEYS, _NO_OPS, _ALWAYS_TRUE, _REFUSED)):
             raise UsageError(f"{where}: {key} is an attribute of {other}, not {flag}")
         else:
-            raise UsageError(f"{where}: unknown attribute {key!r}{_suggest(key, _KEYS[flag])}")
+            raise UsageError(f"{where}: unknown attribute {key!r}{suggest(key, _KEYS[flag])}")
 
     path_key = _KEYS[flag][0]
     path = attrs.get(path_key, "")

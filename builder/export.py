@@ -55,8 +55,6 @@ byte-identical), and the image's platform.
 
 from __future__ import annotations
 
-import csv
-import difflib
 import io
 import os
 import re
@@ -68,6 +66,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from builder.attrs import csv_fields, go_bool, key_values, suggest
 from builder.compressed import CompressedLayers
 from builder.errors import UsageError
 from builder.root import Store
@@ -148,43 +147,21 @@ class OutputSpec:
 # ---------------------------------------------------------------------------------------------------- parsing
 
 
-def _go_bool(key: str, value: str) -> bool:
-    # Go's strconv.ParseBool, which buildx and BuildKit use; an empty value means true (oci-mediatypes=).
-    if value in ("", "1", "t", "T", "TRUE", "true", "True"):
-        return True
-    if value in ("0", "f", "F", "FALSE", "false", "False"):
-        return False
-    raise UsageError(f"--output: {key}={value!r} is not a boolean")
-
-
-def _suggest(word: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, sorted(options), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
 def parse_output(text: str) -> OutputSpec:
     """Parse one ``--output`` value as buildx does (see the module docstring); ``UsageError`` if it is wrong."""
     if text == "-":
         return OutputSpec("tar", "-")
-    try:
-        fields = next(csv.reader([text], strict=True), [])
-    except csv.Error as err:
-        raise UsageError(f"--output {text!r}: {err}") from None
+    fields = csv_fields(text, "--output")
     if not fields or not text:
         raise UsageError("--output: empty value")
     if len(fields) == 1 and fields[0] == text and not text.startswith("type="):
         return OutputSpec("local", text)  # buildx's shorthand: -o DIR
-    attrs: dict[str, str] = {}
-    for item in fields:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--output: invalid value {item!r} (expected key=value)")
-        attrs[key.strip().lower()] = value
+    attrs = key_values(fields, "--output")
     kind = attrs.pop("type", "")
     if not kind:
         raise UsageError(f"--output {text!r}: type is required for output")
     if kind not in _TYPES:
-        raise UsageError(f"--output: unknown output type {kind!r}{_suggest(kind, _TYPES)}")
+        raise UsageError(f"--output: unknown output type {kind!r}{suggest(kind, _TYPES)}")
     return _spec(kind, attrs)
 
 
@@ -217,22 +194,24 @@ def _spec(kind: str, attrs: dict[str, str]) -> OutputSpec:
             continue
         if key in _REFUSED:
             raise UsageError(f"--output type={kind}: {key} is not supported by pybuild: {_REFUSED[key]}")
-        raise UsageError(f"--output type={kind}: unknown attribute {key!r}{_suggest(key, sorted(allowed))}")
+        raise UsageError(f"--output type={kind}: unknown attribute {key!r}{suggest(key, sorted(allowed))}")
 
     dest = attrs.get("dest", "")
-    tar = _go_bool("tar", attrs["tar"]) if "tar" in attrs else True
+    tar = go_bool("--output", "tar", attrs["tar"]) if "tar" in attrs else True
     if "push" in attrs:
-        push = _go_bool("push", attrs["push"])
-    if attrs.get("platform-split") and _go_bool("platform-split", attrs["platform-split"]):
+        push = go_bool("--output", "push", attrs["push"])
+    if attrs.get("platform-split") and go_bool("--output", "platform-split", attrs["platform-split"]):
         raise UsageError(f"--output type={kind}: platform-split=true is not supported (pybuild builds one platform)")
     if attrs.get("mode", "copy") != "copy":
         raise UsageError(f"--output type=local: mode={attrs['mode']} is not supported (only mode=copy)")
-    if "oci-mediatypes" in attrs and not _go_bool("oci-mediatypes", attrs["oci-mediatypes"]):
+    if "oci-mediatypes" in attrs and not go_bool("--output", "oci-mediatypes", attrs["oci-mediatypes"]):
         raise UsageError(
             f"--output type={kind}: oci-mediatypes=false is not supported (pybuild writes OCI media types)"
         )
     if "force-compression" in attrs:
-        _go_bool("force-compression", attrs["force-compression"])  # every layer is compressed as asked anyway
+        go_bool(
+            "--output", "force-compression", attrs["force-compression"]
+        )  # every layer is compressed as asked anyway
     compression = None
     if "compression" in attrs:
         try:

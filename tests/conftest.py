@@ -6,11 +6,14 @@ CI machine that forgot to install something cannot pass by skipping.
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -102,3 +105,35 @@ def run_pybuild(*args: str, input: str | bytes | None = None, env: dict[str, str
 @pytest.fixture
 def pybuild() -> Iterator[object]:
     yield run_pybuild
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+
+@dataclass(frozen=True)
+class HTTPFiles:
+    url: str  # http://127.0.0.1:PORT
+    root: Path  # the directory it serves
+    server: http.server.ThreadingHTTPServer
+
+
+@pytest.fixture
+def http_files(tmp_path: Path) -> Iterator[HTTPFiles]:
+    """A web server on 127.0.0.1 serving a fresh directory (for ADD of URLs)."""
+    root = tmp_path / "served"
+    root.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, *args):  # type: ignore[no-untyped-def]
+            pass
+
+    server = _Server(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield HTTPFiles(f"http://127.0.0.1:{server.server_address[1]}", root, server)
+    finally:
+        server.shutdown()

@@ -9,7 +9,6 @@ interruptions, and what other tools (umoci, skopeo) make of the result.
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import shutil
@@ -18,14 +17,12 @@ import stat
 import subprocess
 import sys
 import tarfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import REPO, CLIResult, require_root, require_tool, run_pybuild
+from conftest import REPO, CLIResult, HTTPFiles, require_root, require_tool, run_pybuild
 
 BUSYBOX = "docker.io/library/busybox:latest"
 
@@ -309,33 +306,8 @@ def test_reproducible_flag_uses_epoch_zero(tmp_path: Path, busybox: str) -> None
 # ------------------------------------------------------------------------------------------------ ADD
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-
-@pytest.fixture
-def http_files(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    root = tmp_path / "served"
-    root.mkdir()
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, *args):  # type: ignore[no-untyped-def]
-            pass
-
-    server = _Server(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root
-    finally:
-        server.shutdown()
-
-
-def test_add_from_a_url_with_checksum(tmp_path: Path, busybox: str, http_files: tuple[str, Path]) -> None:
-    base, served = http_files
+def test_add_from_a_url_with_checksum(tmp_path: Path, busybox: str, http_files: HTTPFiles) -> None:
+    base, served = http_files.url, http_files.root
     (served / "tool.sh").write_text("#!/bin/sh\necho tool\n")
     os.utime(served / "tool.sh", (1_600_000_000, 1_600_000_000))
     good = "sha256:" + hashlib.sha256((served / "tool.sh").read_bytes()).hexdigest()

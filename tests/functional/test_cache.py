@@ -9,7 +9,6 @@ of a stage, ``#N DONE`` for a step that ran.
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import re
@@ -19,12 +18,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO, CLIResult, require_root, run_pybuild
+from conftest import REPO, CLIResult, HTTPFiles, require_root, run_pybuild
 
 BUSYBOX = "docker.io/library/busybox:latest"
 
@@ -437,34 +435,8 @@ def test_a_missing_cache_from_directory_only_warns(tmp_path: Path, busybox: str)
 # ----------------------------------------------------------------------------------- ADD, named contexts
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, Path, _Server]]:
-    root = tmp_path / "served"
-    root.mkdir()
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, *args):  # type: ignore[no-untyped-def]
-            pass
-
-    server = _Server(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root, server
-    finally:
-        server.shutdown()
-
-
-def test_add_url_is_keyed_by_its_content_or_its_checksum(
-    tmp_path: Path, busybox: str, served: tuple[str, Path, _Server]
-) -> None:
-    base, root, server = served
+def test_add_url_is_keyed_by_its_content_or_its_checksum(tmp_path: Path, busybox: str, http_files: HTTPFiles) -> None:
+    base, root = http_files.url, http_files.root
     (root / "tool.sh").write_text("v1\n")
     ctx = make_context(tmp_path / "ctx", f"FROM busybox\nADD {base}/tool.sh /opt/\n")
     build(ctx)
@@ -475,7 +447,7 @@ def test_add_url_is_keyed_by_its_content_or_its_checksum(
     digest = "sha256:" + hashlib.sha256(b"v2\n").hexdigest()
     pinned = make_context(tmp_path / "pinned", f"FROM busybox\nADD --checksum={digest} {base}/tool.sh /opt/\n")
     build(pinned)
-    server.shutdown()  # with --checksum, a hit needs no download
+    http_files.server.shutdown()  # with --checksum, a hit needs no download
     assert_all_cached(build(pinned))
 
 

@@ -137,3 +137,23 @@ def http_files(tmp_path: Path) -> Iterator[HTTPFiles]:
         yield HTTPFiles(f"http://127.0.0.1:{server.server_address[1]}", root, server)
     finally:
         server.shutdown()
+
+
+@pytest.fixture
+def busybox(busybox_tar: Path) -> str:
+    """busybox imported into this test's store as ``busybox``; returns its image ID."""
+    require_root()
+    result = run_pybuild("import", "-q", str(busybox_tar), "busybox")
+    assert result.code == 0, result
+    return result.out.strip()
+
+
+def write_context(root: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
+    """A build context at ``root``: the Dockerfile and ``files`` (relative path -> text)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "Dockerfile").write_text(dockerfile)
+    for path, content in (files or {}).items():
+        target = root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    return root

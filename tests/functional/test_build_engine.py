@@ -22,29 +22,13 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import REPO, CLIResult, HTTPFiles, require_root, require_tool, run_pybuild
+from conftest import REPO, CLIResult, HTTPFiles, require_tool, run_pybuild, write_context
 
 BUSYBOX = "docker.io/library/busybox:latest"
 
 
-@pytest.fixture
-def busybox(busybox_tar: Path) -> str:
-    """busybox imported into this test's store; returns its image ID."""
-    require_root()
-    result = run_pybuild("import", "-q", str(busybox_tar), "busybox")
-    assert result.code == 0, result
-    return result.out.strip()
-
-
 def context(tmp_path: Path, dockerfile: str, files: dict[str, str] | None = None, name: str = "ctx") -> Path:
-    root = tmp_path / name
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "Dockerfile").write_text(dockerfile)
-    for path, content in (files or {}).items():
-        target = root / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
-    return root
+    return write_context(tmp_path / name, dockerfile, files)
 
 
 def build(*args: str, env: dict[str, str] | None = None) -> CLIResult:

@@ -22,27 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO, CLIResult, HTTPFiles, require_root, run_pybuild
+from conftest import REPO, CLIResult, HTTPFiles, run_pybuild, write_context
 
 BUSYBOX = "docker.io/library/busybox:latest"
-
-
-@pytest.fixture
-def busybox(busybox_tar: Path) -> str:
-    require_root()
-    result = run_pybuild("import", "-q", str(busybox_tar), "busybox")
-    assert result.code == 0, result
-    return result.out.strip()
-
-
-def make_context(root: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "Dockerfile").write_text(dockerfile)
-    for path, content in (files or {}).items():
-        target = root / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
-    return root
 
 
 @dataclass
@@ -105,7 +87,7 @@ RUN echo "$VERSION $MODE $(id -u) $(pwd)" > /out.txt
 
 
 def test_a_full_rebuild_hits_every_step_and_gives_the_same_image(tmp_path: Path, busybox: str) -> None:
-    ctx = make_context(tmp_path / "ctx", RUN_FILE + "COPY a.txt /a.txt\n", {"a.txt": "a"})
+    ctx = write_context(tmp_path / "ctx", RUN_FILE + "COPY a.txt /a.txt\n", {"a.txt": "a"})
     first = build(ctx, "-t", "app")
     assert first_miss(first) == "no earlier build of this step is in the cache"
     second = build(ctx, "-t", "app")
@@ -127,7 +109,7 @@ def test_a_full_rebuild_hits_every_step_and_gives_the_same_image(tmp_path: Path,
 def test_each_run_input_misses_and_says_why(
     tmp_path: Path, busybox: str, args: tuple[str, ...], edit: tuple[str, str] | None, reason: str
 ) -> None:
-    ctx = make_context(tmp_path / "ctx", RUN_FILE)
+    ctx = write_context(tmp_path / "ctx", RUN_FILE)
     build(ctx)
     if edit is not None:
         (ctx / "Dockerfile").write_text(RUN_FILE.replace(edit[0], edit[1]))
@@ -137,7 +119,7 @@ def test_each_run_input_misses_and_says_why(
 
 
 def test_shell_change_misses(tmp_path: Path, busybox: str) -> None:
-    ctx = make_context(tmp_path / "ctx", 'FROM busybox\nSHELL ["/bin/sh", "-c"]\nRUN echo hi > /x\n')
+    ctx = write_context(tmp_path / "ctx", 'FROM busybox\nSHELL ["/bin/sh", "-c"]\nRUN echo hi > /x\n')
     build(ctx)
     (ctx / "Dockerfile").write_text('FROM busybox\nSHELL ["/bin/sh", "-e", "-c"]\nRUN echo hi > /x\n')
     assert "SHELL changed" in build(ctx)["RUN"]
@@ -145,7 +127,7 @@ def test_shell_change_misses(tmp_path: Path, busybox: str) -> None:
 
 def test_what_is_outside_the_key_hits(tmp_path: Path, busybox: str) -> None:
     """A build arg nothing declares, a proxy variable, a label, a comment, a file nothing copies: all hit."""
-    ctx = make_context(tmp_path / "ctx", RUN_FILE, {"unused.txt": "x"})
+    ctx = write_context(tmp_path / "ctx", RUN_FILE, {"unused.txt": "x"})
     build(ctx)
     (ctx / "unused.txt").write_text("y")
     text = "# a comment\n" + RUN_FILE + "LABEL version=2\n"
@@ -161,7 +143,7 @@ FROM base AS app
 ARG RELEASE=1
 RUN echo $RELEASE > /release.txt
 """
-    ctx = make_context(tmp_path / "ctx", text)
+    ctx = write_context(tmp_path / "ctx", text)
     build(ctx)
     changed = build(ctx, "--build-arg", "RELEASE=2")
     assert changed["RUN echo base"] == "CACHED"
@@ -169,7 +151,7 @@ RUN echo $RELEASE > /release.txt
 
 
 def test_a_changed_base_image_misses_and_names_it(tmp_path: Path, busybox: str, busybox_tar: Path) -> None:
-    ctx = make_context(tmp_path / "ctx", "FROM busybox\nRUN echo hi > /hi\n")
+    ctx = write_context(tmp_path / "ctx", "FROM busybox\nRUN echo hi > /hi\n")
     build(ctx)
     changed = run_pybuild("import", "-q", "--change", "ENV REBUILT=1", str(busybox_tar), "busybox")
     assert changed.code == 0, changed
@@ -178,14 +160,14 @@ def test_a_changed_base_image_misses_and_names_it(tmp_path: Path, busybox: str, 
 
 
 def test_source_date_epoch_is_in_the_key(tmp_path: Path, busybox: str) -> None:
-    ctx = make_context(tmp_path / "ctx", "FROM busybox\nRUN echo hi > /hi\n")
+    ctx = write_context(tmp_path / "ctx", "FROM busybox\nRUN echo hi > /hi\n")
     build(ctx, env={"SOURCE_DATE_EPOCH": "100"})
     assert_all_cached(build(ctx, env={"SOURCE_DATE_EPOCH": "100"}))
     assert "SOURCE_DATE_EPOCH changed (100 -> 200)" in build(ctx, env={"SOURCE_DATE_EPOCH": "200"})["RUN"]
 
 
 def test_a_hit_does_not_run_the_step(tmp_path: Path, busybox: str) -> None:
-    ctx = make_context(tmp_path / "ctx", "FROM busybox\nRUN echo ran-the-step\n")
+    ctx = write_context(tmp_path / "ctx", "FROM busybox\nRUN echo ran-the-step\n")
     assert "ran-the-step" in build(ctx).result.err
     again = build(ctx)
     assert "ran-the-step" not in again.result.err.replace("RUN echo ran-the-step", "")
@@ -193,7 +175,7 @@ def test_a_hit_does_not_run_the_step(tmp_path: Path, busybox: str) -> None:
 
 def test_a_miss_makes_every_later_step_of_the_stage_miss(tmp_path: Path, busybox: str) -> None:
     text = "FROM busybox\nCOPY a.txt /a\nRUN echo one > /1\nRUN echo two > /2\n"
-    ctx = make_context(tmp_path / "ctx", text, {"a.txt": "a"})
+    ctx = write_context(tmp_path / "ctx", text, {"a.txt": "a"})
     build(ctx)
     (ctx / "a.txt").write_text("b")
     outcome = build(ctx)
@@ -207,7 +189,7 @@ COPY_FILE = "FROM busybox\nCOPY src/ /app/\nRUN ls -la /app > /listing\n"
 
 
 def test_copy_misses_on_content_mode_and_membership_and_names_the_file(tmp_path: Path, busybox: str) -> None:
-    ctx = make_context(tmp_path / "ctx", COPY_FILE, {"src/app.py": "print(1)\n", "src/lib/util.py": "x = 1\n"})
+    ctx = write_context(tmp_path / "ctx", COPY_FILE, {"src/app.py": "print(1)\n", "src/lib/util.py": "x = 1\n"})
     build(ctx)
     (ctx / "src/app.py").write_text("print(2)\n")
     assert build(ctx)["COPY"] == "miss: src/app.py changed"
@@ -226,7 +208,7 @@ def test_copy_misses_on_content_mode_and_membership_and_names_the_file(tmp_path:
 
 def test_copy_ignores_mtimes_and_ignored_files(tmp_path: Path, busybox: str) -> None:
     files = {"src/app.py": "print(1)\n", "src/secret.env": "A=1\n", ".dockerignore": "src/*.env\n"}
-    ctx = make_context(tmp_path / "ctx", COPY_FILE, files)
+    ctx = write_context(tmp_path / "ctx", COPY_FILE, files)
     first = build(ctx)
     os.utime(ctx / "src/app.py", (1_000_000, 1_000_000))
     (ctx / "src/secret.env").write_text("A=2\n")
@@ -237,7 +219,7 @@ def test_copy_ignores_mtimes_and_ignored_files(tmp_path: Path, busybox: str) -> 
 
 def test_mtimes_count_when_source_date_epoch_keeps_them(tmp_path: Path, busybox: str) -> None:
     """With SOURCE_DATE_EPOCH an mtime older than the epoch lands in the layer, so it is in the key."""
-    ctx = make_context(tmp_path / "ctx", COPY_FILE, {"src/app.py": "print(1)\n"})
+    ctx = write_context(tmp_path / "ctx", COPY_FILE, {"src/app.py": "print(1)\n"})
     epoch = {"SOURCE_DATE_EPOCH": "2000000000"}
     os.utime(ctx / "src/app.py", (1_000_000, 1_000_000))
     build(ctx, env=epoch)
@@ -247,7 +229,7 @@ def test_mtimes_count_when_source_date_epoch_keeps_them(tmp_path: Path, busybox:
 
 def test_wildcard_sources_miss_when_a_new_file_matches(tmp_path: Path, busybox: str) -> None:
     text = "FROM busybox\nCOPY *.txt /d/\n"
-    ctx = make_context(tmp_path / "ctx", text, {"a.txt": "a", "b.txt": "b"})
+    ctx = write_context(tmp_path / "ctx", text, {"a.txt": "a", "b.txt": "b"})
     build(ctx)
     (ctx / "other.md").write_text("not matched")
     assert_all_cached(build(ctx))
@@ -258,7 +240,7 @@ def test_wildcard_sources_miss_when_a_new_file_matches(tmp_path: Path, busybox: 
 
 
 def test_copy_flags_are_in_the_key(tmp_path: Path, busybox: str) -> None:
-    ctx = make_context(tmp_path / "ctx", "FROM busybox\nCOPY --chown=1:1 a.txt /a\n", {"a.txt": "a"})
+    ctx = write_context(tmp_path / "ctx", "FROM busybox\nCOPY --chown=1:1 a.txt /a\n", {"a.txt": "a"})
     build(ctx)
     (ctx / "Dockerfile").write_text("FROM busybox\nCOPY --chown=2:2 a.txt /a\n")
     assert build(ctx)["COPY"].startswith("miss: instruction changed")
@@ -275,7 +257,7 @@ FROM busybox
 COPY --from=deps /deps.txt /deps.txt
 RUN cat /deps.txt
 """
-    ctx = make_context(tmp_path / "ctx", text)
+    ctx = write_context(tmp_path / "ctx", text)
     epoch = {"SOURCE_DATE_EPOCH": "0"}  # so that a re-run of the dependency gives the same layer
     build(ctx, env=epoch)
     outcome = build(ctx, "--build-arg", "DEPS=2", env=epoch)
@@ -288,7 +270,7 @@ RUN cat /deps.txt
 
 
 def test_workdir_is_cached(tmp_path: Path, busybox: str) -> None:
-    ctx = make_context(tmp_path / "ctx", "FROM busybox\nWORKDIR /a/b\n")
+    ctx = write_context(tmp_path / "ctx", "FROM busybox\nWORKDIR /a/b\n")
     build(ctx)
     assert_all_cached(build(ctx))
     (ctx / "Dockerfile").write_text("FROM busybox\nWORKDIR /a/c\n")
@@ -299,7 +281,7 @@ def test_workdir_is_cached(tmp_path: Path, busybox: str) -> None:
 
 
 def test_no_cache_runs_everything_and_records_the_new_results(tmp_path: Path, busybox: str) -> None:
-    ctx = make_context(tmp_path / "ctx", "FROM busybox\nRUN cat /proc/sys/kernel/random/uuid > /now\nRUN cat /now\n")
+    ctx = write_context(tmp_path / "ctx", "FROM busybox\nRUN cat /proc/sys/kernel/random/uuid > /now\nRUN cat /now\n")
     first = build(ctx)
     forced = build(ctx, "--no-cache")
     assert forced["RUN cat /proc"] == "miss: --no-cache" and forced["RUN cat /now"] == "DONE"
@@ -310,14 +292,18 @@ def test_no_cache_runs_everything_and_records_the_new_results(tmp_path: Path, bu
 
 
 def test_a_layer_missing_from_the_store_is_a_miss(tmp_path: Path, busybox: str, store_root: Path) -> None:
-    ctx = make_context(tmp_path / "ctx", "FROM busybox\nRUN echo hi > /hi\n")
+    ctx = write_context(tmp_path / "ctx", "FROM busybox\nRUN echo hi > /hi\n")
+
+    def run_layer() -> Path:
+        with sqlite3.connect(store_root / "cache.db") as db:
+            (layer,) = db.execute("SELECT layer FROM entries WHERE step LIKE 'RUN%'").fetchone()
+        return store_root / "blobs" / "sha256" / json.loads(layer)["digest"].split(":")[1]
+
     build(ctx)
-    with sqlite3.connect(store_root / "cache.db") as db:
-        (layer,) = db.execute("SELECT layer FROM entries WHERE step LIKE 'RUN%'").fetchone()
-    digest = json.loads(layer)["digest"].split(":")[1]
-    (store_root / "blobs" / "sha256" / digest).unlink()
+    run_layer().unlink()
     assert build(ctx)["RUN"] == "miss: the cached layer is no longer in the store"
-    assert (store_root / "blobs" / "sha256" / digest).exists()
+    assert run_layer().is_file()  # the step ran again and its entry names a layer that is there
+    assert_all_cached(build(ctx))
 
 
 # ---------------------------------------------------------------------------------------------- integrity
@@ -339,7 +325,7 @@ def test_four_concurrent_builds_on_one_store_all_succeed(tmp_path: Path, busybox
     contexts = []
     for n in range(4):
         text = f"FROM busybox\nCOPY shared.txt /shared.txt\nRUN echo {n} > /n && sleep 0.2\nRUN cat /n /shared.txt\n"
-        contexts.append(make_context(tmp_path / f"ctx{n}", text, {"shared.txt": "same for all"}))
+        contexts.append(write_context(tmp_path / f"ctx{n}", text, {"shared.txt": "same for all"}))
     results: list[CLIResult] = []
 
     def one(ctx: Path) -> None:
@@ -358,7 +344,7 @@ def test_four_concurrent_builds_on_one_store_all_succeed(tmp_path: Path, busybox
 
 def test_a_killed_build_leaves_a_usable_cache(tmp_path: Path, busybox: str, store_root: Path) -> None:
     text = "FROM busybox\n" + "".join(f"RUN echo {n} > /{n} && sleep 0.1\n" for n in range(8))
-    ctx = make_context(tmp_path / "ctx", text)
+    ctx = write_context(tmp_path / "ctx", text)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for delay in (0.3, 0.6, 0.9, 1.2):
         proc = subprocess.Popen(
@@ -403,7 +389,7 @@ def _other_store(tmp_path: Path, busybox_tar: Path, name: str) -> dict[str, str]
 def test_a_cache_exported_with_mode_max_makes_another_store_hit_every_step(
     tmp_path: Path, busybox: str, busybox_tar: Path
 ) -> None:
-    ctx = make_context(tmp_path / "ctx", MULTI_STAGE)
+    ctx = write_context(tmp_path / "ctx", MULTI_STAGE)
     cache = tmp_path / "cache"
     _same_base(busybox_tar)
     first = build(ctx, "--cache-to", f"type=local,dest={cache},mode=max")
@@ -414,7 +400,7 @@ def test_a_cache_exported_with_mode_max_makes_another_store_hit_every_step(
 
 
 def test_mode_min_exports_only_the_image_layers(tmp_path: Path, busybox: str, busybox_tar: Path) -> None:
-    ctx = make_context(tmp_path / "ctx", MULTI_STAGE)
+    ctx = write_context(tmp_path / "ctx", MULTI_STAGE)
     cache = tmp_path / "cache"
     epoch = {"SOURCE_DATE_EPOCH": "0"}
     _same_base(busybox_tar)
@@ -427,7 +413,7 @@ def test_mode_min_exports_only_the_image_layers(tmp_path: Path, busybox: str, bu
 
 
 def test_a_missing_cache_from_directory_only_warns(tmp_path: Path, busybox: str) -> None:
-    ctx = make_context(tmp_path / "ctx", "FROM busybox\nRUN echo hi > /hi\n")
+    ctx = write_context(tmp_path / "ctx", "FROM busybox\nRUN echo hi > /hi\n")
     outcome = build(ctx, "--cache-from", f"type=local,src={tmp_path / 'nowhere'}")
     assert "WARNING" in outcome.result.err and outcome["RUN"].startswith("miss: ")
 
@@ -438,14 +424,14 @@ def test_a_missing_cache_from_directory_only_warns(tmp_path: Path, busybox: str)
 def test_add_url_is_keyed_by_its_content_or_its_checksum(tmp_path: Path, busybox: str, http_files: HTTPFiles) -> None:
     base, root = http_files.url, http_files.root
     (root / "tool.sh").write_text("v1\n")
-    ctx = make_context(tmp_path / "ctx", f"FROM busybox\nADD {base}/tool.sh /opt/\n")
+    ctx = write_context(tmp_path / "ctx", f"FROM busybox\nADD {base}/tool.sh /opt/\n")
     build(ctx)
     assert_all_cached(build(ctx))
     (root / "tool.sh").write_text("v2\n")
     assert build(ctx)["ADD"] == f"miss: {base}/tool.sh changed"
 
     digest = "sha256:" + hashlib.sha256(b"v2\n").hexdigest()
-    pinned = make_context(tmp_path / "pinned", f"FROM busybox\nADD --checksum={digest} {base}/tool.sh /opt/\n")
+    pinned = write_context(tmp_path / "pinned", f"FROM busybox\nADD --checksum={digest} {base}/tool.sh /opt/\n")
     build(pinned)
     http_files.server.shutdown()  # with --checksum, a hit needs no download
     assert_all_cached(build(pinned))
@@ -455,7 +441,7 @@ def test_a_directory_context_is_keyed_by_its_content(tmp_path: Path, busybox: st
     files = tmp_path / "files"
     files.mkdir()
     (files / "a.txt").write_text("a")
-    ctx = make_context(tmp_path / "ctx", "FROM busybox\nCOPY --from=extra a.txt /a.txt\nRUN cat /a.txt\n")
+    ctx = write_context(tmp_path / "ctx", "FROM busybox\nCOPY --from=extra a.txt /a.txt\nRUN cat /a.txt\n")
     build(ctx, "--build-context", f"extra={files}")
     assert_all_cached(build(ctx, "--build-context", f"extra={files}"))
     (files / "a.txt").write_text("b")
@@ -469,7 +455,7 @@ def test_prune_racing_builds_never_breaks_them(tmp_path: Path, busybox: str, sto
     """``cache prune --all`` in a loop while builds record and hit entries: every build succeeds, and every
     image it makes has all its blobs."""
     text = "FROM busybox\n" + "".join(f"RUN echo {n} > /{n}\n" for n in range(6))
-    ctx = make_context(tmp_path / "ctx", text)
+    ctx = write_context(tmp_path / "ctx", text)
     stop = threading.Event()
     prunes: list[CLIResult] = []
 

@@ -214,6 +214,8 @@ def _parent_change(new: Record, old: Record, new_about: Mapping[str, str], old_a
         base = new_about.get("base") or "the base image"
         return f"parent changed: base image {base} now {new['image']}"
     if "step" in new and "step" in old:
+        if new_about.get("base"):  # a stage's first step over a --build-context directory
+            return f"parent changed: {new_about['base']} changed"
         if new["step"] == old["step"]:
             return f"parent changed: the previous step's layer is now {new['layer']}"
         return "parent changed: an earlier step changed"

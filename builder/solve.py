@@ -10,10 +10,16 @@ either changes only the config (the plan already says how) or makes a layer:
 - COPY, ADD and WORKDIR compute their layer's entries from their sources and a read-only view of the stage
   (``copy``); nothing runs and nothing is mounted.
 
+Each of those steps goes through the step cache first (docs/cache.md): its key is the digest of a record of its
+parent state, its expanded instruction and every input that can change its layer (``cachekey``, with
+``checksum`` for what a COPY selects); a hit in the index (``cache``, or a ``--cache-from`` directory) adds the
+recorded layer without running anything; the first miss of a stage is explained, runs, is recorded, and makes
+the rest of the stage run. History times come from the entries, so a fully cached rebuild gives the same image.
+
 A layer is stored uncompressed (its digest is its diff_id) so that no step waits for a compressor: outputs and
 pushes compress once, later. A step whose diff is empty adds its history entry with ``empty_layer`` and no
-layer, as BuildKit does. Timestamps (the config's and the history's ``created``, mtimes of created directories)
-are the build's start time, or ``SOURCE_DATE_EPOCH``, which also clamps every mtime written into a layer.
+layer, as BuildKit does. A step that runs dates what it makes (created directories, its history entry) with the
+build's start time; ``SOURCE_DATE_EPOCH`` replaces every such time and clamps every mtime written into a layer.
 """
 
 from __future__ import annotations

@@ -533,3 +533,28 @@ def test_a_terminal_that_reports_no_size_falls_back_to_the_environment(terminal:
     finally:
         os.close(controller)
         os.close(device)
+
+
+# ------------------------------------------------------------------------------------------------------ notes
+
+
+def test_a_note_is_a_line_of_its_step_in_plain_mode() -> None:
+    progress, out = plain()
+    step = progress.step("COPY src/ /app")
+    step.note("cache miss: src/app.py changed")
+    step.finish()
+    step.note("after the end: ignored")
+    assert out.getvalue().splitlines() == ["#1 COPY src/ /app", "#1 cache miss: src/app.py changed", "#1 DONE 0.0s"]
+
+
+def test_a_note_stays_under_its_step_in_the_terminal_after_it_finishes(terminal: Terminal) -> None:
+    clock = Clock()
+    progress = Progress("tty", terminal, clock=clock)
+    step = progress.step("RUN make")
+    step.note("cache miss: build arg V changed (1 -> 2)")
+    clock.advance(0.2)
+    step.log(b"compiling\n")
+    assert screen(terminal)[2:] == [" => => # cache miss: build arg V changed (1 -> 2)", " => => # compiling"]
+    step.finish()
+    progress.done()
+    assert screen(terminal)[-1] == " => => # cache miss: build arg V changed (1 -> 2)"

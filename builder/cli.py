@@ -30,11 +30,12 @@ from builder.context import list_context
 from builder.errors import BuildError, DockerfileError, UsageError
 from builder.export import check_destination, export_image, parse_output
 from builder.frontend.dockerfile import parse_dockerfile
-from builder.images import base_config, inspect_image, list_images
+from builder.images import base_config, find_image, inspect_image, list_images
 from builder.importer import ImportRequest, import_rootfs
 from builder.plan import BuildPlan, PlanOptions, plan_build
 from builder.platforms import host_platform
 from builder.progress import Progress
+from builder.remote import RegistrySettings, Remote
 from builder.request import (
     BuildRequest,
     parse_build_args,
@@ -103,6 +104,115 @@ def _parse_refs(names: Sequence[str]) -> tuple[Reference, ...]:
     return tuple(refs)
 
 
+def _remote(ctx: _Context, *, refresh: bool = False) -> Remote:
+    args = ctx.args
+    settings = RegistrySettings(
+        insecure=frozenset(getattr(args, "insecure_registry", None) or ()),
+        chunk_size=getattr(args, "chunk_size", None) or 0,
+    )
+    return Remote(ctx.store, settings, ctx.environ, refresh=refresh)
+
+
+def _registry_name(text: str) -> str:
+    """``pybuild login HOST``: a registry name, with Docker Hub's spellings folded into docker.io."""
+    name = text.strip().removeprefix("https://").removeprefix("http://").split("/", 1)[0]
+    if not name:
+        raise UsageError(f"invalid registry {text!r}")
+    return "docker.io" if name in ("index.docker.io", "registry-1.docker.io", "docker.io") else name
+
+
+def cmd_pull(ctx: _Context) -> int:
+    args = ctx.args
+    try:
+        ref = Reference.parse(args.name)
+    except InvalidReference as err:
+        raise UsageError(str(err)) from None
+    remote = _remote(ctx, refresh=True)
+    progress = Progress("quiet" if args.quiet else args.progress)
+    try:
+        before = remote.local(ref, ctx.platform)
+        image = remote.pull(ref, ctx.platform, progress.status)
+    finally:
+        progress.done()
+    if args.quiet:
+        print(str(ref), file=ctx.out)
+        return 0
+    fresh = before is None or before.digest != image.digest
+    print(f"Digest: {image.digest}", file=ctx.out)
+    status = "Downloaded newer image for" if fresh else "Image is up to date for"
+    print(f"Status: {status} {ref}", file=ctx.out)
+    print(str(ref), file=ctx.out)
+    return 0
+
+
+def cmd_push(ctx: _Context) -> int:
+    args = ctx.args
+    try:
+        compression = Compression.parse(args.compression)
+        source = Reference.parse(args.name)
+        dest = Reference.parse(args.destination) if args.destination else source
+    except (ValueError, InvalidReference) as err:
+        raise UsageError(str(err)) from None
+    image, _ = find_image(ctx.store.layout, args.name, ctx.platform)
+    remote = _remote(ctx)
+    progress = Progress("quiet" if args.quiet else args.progress)
+    try:
+        results = remote.push(image, [dest], compression, on_status=progress.status)
+    finally:
+        progress.done()
+    for result in results:
+        if args.digestfile:
+            with atomic_file(Path(args.digestfile).absolute()) as f:
+                f.write(str(result.digest).encode())
+        if args.quiet:
+            print(str(result.digest), file=ctx.out)
+        else:
+            print(f"{result.ref.tag or 'pushed'}: digest: {result.digest} size: {result.size}", file=ctx.out)
+    return 0
+
+
+def cmd_login(ctx: _Context) -> int:
+    from oci.auth import Credential
+
+    args = ctx.args
+    registry = _registry_name(args.server or "docker.io")
+    username = args.username
+    if args.password_stdin:
+        if args.password:
+            raise UsageError("--password and --password-stdin are mutually exclusive")
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = args.password
+    if not username or password is None:
+        if not sys.stdin.isatty():
+            raise UsageError("give --username and --password-stdin (no terminal to ask on)")
+        import getpass
+
+        username = username or input("Username: ").strip()
+        password = password if password is not None else getpass.getpass("Password: ")
+    if not username or not password:
+        raise UsageError("a user name and a password are required")
+    credential = Credential(username, password)
+    remote = _remote(ctx)
+    remote.client.check_login(registry, credential)
+    where = remote.docker_config.store(registry, credential)
+    if args.password:
+        print("WARNING! Using --password via the CLI is insecure. Use --password-stdin.", file=sys.stderr)
+    print(f"Login Succeeded (credentials saved in {where})", file=ctx.out)
+    return 0
+
+
+def cmd_logout(ctx: _Context) -> int:
+    from oci.credentials import DockerConfig, docker_config_dir
+
+    registry = _registry_name(ctx.args.server or "docker.io")
+    if DockerConfig(docker_config_dir(ctx.environ)).erase(registry):
+        print(f"Removing login credentials for {registry}", file=ctx.out)
+    else:
+        print(f"Not logged in to {registry}", file=ctx.out)
+    return 0
+
+
 def cmd_import(ctx: _Context) -> int:
     args = ctx.args
     names = list(args.tag) + ([args.reference] if args.reference else [])
@@ -145,7 +255,7 @@ def _build_request(ctx: _Context) -> BuildRequest:
     )
 
 
-def _plan(ctx: _Context, request: BuildRequest, *, all_stages: bool) -> BuildPlan:
+def _plan(ctx: _Context, request: BuildRequest, *, all_stages: bool, remote: Remote | None = None) -> BuildPlan:
     data = read_dockerfile(request, sys.stdin.buffer)
     ast = parse_dockerfile(data, request.dockerfile_label)
     options = PlanOptions(
@@ -157,7 +267,9 @@ def _plan(ctx: _Context, request: BuildRequest, *, all_stages: bool) -> BuildPla
         labels=request.labels,
         all_stages=all_stages,
     )
-    # Base images' configs come from the store when it exists; planning never creates one.
+    if remote is not None:  # a build: base images' configs come from the store, else from their registries
+        return plan_build(ast, options, remote.base_config)
+    # Base images' configs come from the store when it exists; printing a plan never creates one.
     root = store_root(ctx.args.root, ctx.environ)
     if not (root / "oci-layout").exists():
         return plan_build(ast, options)
@@ -211,6 +323,8 @@ def cmd_build(ctx: _Context) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
     outputs = [parse_output(text) for text in args.output]
+    if args.push:
+        outputs.append(parse_output("type=registry"))
     for spec in outputs:
         check_destination(spec, store=ctx.store)
     if sum(spec.to_stdout for spec in outputs) > 1:
@@ -221,7 +335,8 @@ def cmd_build(ctx: _Context) -> int:
     for spec in cache_to:
         check_cache_destination(spec.path, ctx.store)
     epoch = _epoch(ctx, request)
-    plan = _plan(ctx, request, all_stages=False)
+    remote = _remote(ctx, refresh=args.pull)
+    plan = _plan(ctx, request, all_stages=False, remote=remote)
     _note_syntax(plan, args.quiet)
     _warn(plan)
     log_file = open(args.log_file, "w", encoding="utf-8") if args.log_file else None  # noqa: SIM115
@@ -238,6 +353,7 @@ def cmd_build(ctx: _Context) -> int:
         names=tuple(str(ref) for ref in names),
         cache_from=cache_from,
         cache_to=cache_to,
+        remote=remote,
     )
     result: BuildResult | None = None
     try:
@@ -256,6 +372,7 @@ def cmd_build(ctx: _Context) -> int:
                 epoch=epoch,
                 stdout=sys.stdout.buffer,
                 on_status=progress.status,
+                remote=remote,
             )
         progress.status(f"image {image.id}")
     finally:
@@ -581,6 +698,19 @@ _EXAMPLES = {
   pybuild import rootfs.tar -t mybase:1.0
   pybuild import rootfs.tar.zst -t mybase --change 'CMD ["sh"]' --change 'ENV LANG=C.UTF-8'
   tar -C rootfs -c . | pybuild import - mybase:latest""",
+    "pull": """examples:
+  pybuild pull alpine:3.20
+  pybuild pull registry.example.com/team/base@sha256:4f2a...
+  pybuild --insecure-registry build-cache:5000 pull build-cache:5000/base:1""",
+    "push": """examples:
+  pybuild push registry.example.com/team/app:1.0
+  pybuild push app:1.0 localhost:5000/app:1.0 --chunk-size 16MB
+  pybuild push --compression zstd --digestfile app.digest registry.example.com/team/app:1.0""",
+    "login": """examples:
+  pybuild login registry.example.com -u ci --password-stdin < token.txt
+  echo "$TOKEN" | pybuild login -u ci --password-stdin ghcr.io""",
+    "logout": """examples:
+  pybuild logout registry.example.com""",
     "images": """examples:
   pybuild images
   pybuild images --format json | jq -r .Name
@@ -679,6 +809,9 @@ def _build_parser() -> _Parser:
         help="clamp every timestamp to SOURCE_DATE_EPOCH (0 when unset) so the same inputs give the same digest",
     )
     p.add_argument("--no-cache", action="store_true", help="run every step (the new results are still cached)")
+    p.add_argument("--pull", action="store_true", help="ask the registry what each FROM tag names, even if stored")
+    p.add_argument("--push", action="store_true", help="push the image under every -t name (= --output type=registry)")
+    _add_chunk_size(p)
     p.add_argument(
         "--cache-from",
         action="append",
@@ -700,6 +833,38 @@ def _build_parser() -> _Parser:
         metavar="STAGE[,STAGE...]",
         help="run every step of these stages (repeatable)",
     )
+
+    p = verb("pull", "Pull an image from a registry into the store", cmd_pull)
+    p.add_argument("name", metavar="NAME[:TAG|@DIGEST]", help="the image (short names are Docker Hub's)")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="the platform to pull (default: this machine's)")
+    p.add_argument("--progress", default="auto", choices=("auto", "tty", "plain", "quiet"), help="progress output")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the image name")
+
+    p = verb("push", "Push an image from the store to a registry", cmd_push)
+    p.add_argument("name", metavar="NAME[:TAG]", help="the image in the store")
+    p.add_argument("destination", metavar="DEST", nargs="?", help="push under this name instead (default: NAME)")
+    p.add_argument(
+        "--platform", metavar="OS/ARCH[/VARIANT]", help="which of NAME's platforms (default: this machine's)"
+    )
+    p.add_argument(
+        "--compression",
+        default="gzip",
+        metavar="gzip|zstd|uncompressed",
+        help="layer compression (default gzip; each layer is compressed once and remembered)",
+    )
+    _add_chunk_size(p)
+    p.add_argument("--digestfile", metavar="FILE", help="write the pushed manifest's digest to FILE")
+    p.add_argument("--progress", default="auto", choices=("auto", "tty", "plain", "quiet"), help="progress output")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the manifest digest")
+
+    p = verb("login", "Save credentials for a registry (in Docker's config.json)", cmd_login)
+    p.add_argument("server", metavar="SERVER", nargs="?", help="the registry (default: docker.io)")
+    p.add_argument("-u", "--username", metavar="USER", help="the user name")
+    p.add_argument("-p", "--password", metavar="PASSWORD", help="the password (prefer --password-stdin)")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+
+    p = verb("logout", "Forget the credentials saved for a registry", cmd_logout)
+    p.add_argument("server", metavar="SERVER", nargs="?", help="the registry (default: docker.io)")
 
     p = verb("context", "Inspect build contexts", _no_subcommand)
     context_verbs = p.add_subparsers(dest="context_command", metavar="COMMAND", parser_class=_Parser)
@@ -843,6 +1008,15 @@ def _build_parser() -> _Parser:
     return parser
 
 
+def _add_chunk_size(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--chunk-size",
+        type=_size_arg,
+        metavar="SIZE",
+        help="upload blobs in chunks of SIZE (e.g. 16MB), resuming after a failed chunk (default: one request)",
+    )
+
+
 def _add_global_options(parser: argparse.ArgumentParser, *, after_verb: bool) -> None:
     # After the verb, an option left out must not reset the value given before it: SUPPRESS leaves it alone.
     parser.add_argument(
@@ -857,6 +1031,13 @@ def _add_global_options(parser: argparse.ArgumentParser, *, after_verb: bool) ->
         default=argparse.SUPPRESS if after_verb else False,
         help="show tracebacks on errors",
     )
+    parser.add_argument(
+        "--insecure-registry",
+        action="append",
+        metavar="HOST[:PORT]",
+        default=argparse.SUPPRESS if after_verb else [],
+        help="allow plain HTTP and unverified TLS for this registry (loopback hosts need no flag)",
+    )
 
 
 def _reference_filter(text: str) -> str:
@@ -866,7 +1047,7 @@ def _reference_filter(text: str) -> str:
     return value
 
 
-_GLOBAL_WITH_VALUE = ("--root",)
+_GLOBAL_WITH_VALUE = ("--root", "--insecure-registry")
 _GLOBAL_FLAGS = ("--debug", "--version", "-h", "--help")
 
 
@@ -884,7 +1065,7 @@ def _with_default_verb(parser: _Parser, argv: Sequence[str]) -> list[str]:
         if word in _GLOBAL_WITH_VALUE:
             i += 2
             continue
-        if word in _GLOBAL_FLAGS or word.startswith("--root="):
+        if word in _GLOBAL_FLAGS or word.startswith(("--root=", "--insecure-registry=")):
             if word in ("-h", "--help", "--version"):
                 return args
             i += 1

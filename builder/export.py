@@ -36,8 +36,10 @@ remembers the result for the next export. The exporters:
     to ``SOURCE_DATE_EPOCH`` when given. Owners survive when running as root; without root they come out as the
     invoking user's and device nodes cannot be made, as with buildx's local exporter run by a user.
 ``type=image`` (``push=false``)
-    The image is already in the store: its names are tagged there. ``type=registry`` and ``push=true`` parse, and
-    exporting them says that pushing is not available yet.
+    The image is already in the store: its names are tagged there.
+``type=registry`` (``type=image,push=true``, ``--push``)
+    Tagged in the store, then pushed under each name (``builder.remote``): layers compressed as ``--compression``
+    asks (the same compressed blobs an OCI output would carry), the manifest last.
 ``type=cacheonly``
     Nothing.
 
@@ -64,12 +66,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from builder.attrs import csv_fields, go_bool, key_values, suggest
 from builder.compressed import CompressedLayers
 from builder.errors import UsageError
 from builder.root import Store
+
+if TYPE_CHECKING:
+    from builder.remote import Remote
 from oci import mediatypes as mt
 from oci.apply import apply_layer, remove_tree
 from oci.canonical import canonical_json
@@ -87,7 +92,7 @@ from oci.reference import Reference
 from oci.store import ContentStore, atomic_file
 from oci.tarformat import EntryType, TarEntry, TarWriter
 
-__all__ = ["CREATED", "OutputSpec", "check_destination", "export_image", "parse_output"]
+__all__ = ["CREATED", "Exported", "OutputSpec", "check_destination", "export_image", "parse_output", "prepare_export"]
 
 #: The annotation of the index.json entry that says when the image was made.
 CREATED = "org.opencontainers.image.created"
@@ -112,8 +117,8 @@ _REFUSED = {
     "buildinfo": "build info is not recorded",
     "buildinfo-attrs": "build info is not recorded",
     "context": "there is no Docker daemon to load into (give dest=FILE and run docker load)",
-    "push-by-digest": "pushing is not available yet",
-    "registry.insecure": "pushing is not available yet",
+    "push-by-digest": "images are pushed by name (give -t NAME)",
+    "registry.insecure": "give --insecure-registry HOST instead",
     "name-canonical": "canonical names are not made",
     "dangling-name-prefix": "untagged images are not named",
     "unpack": "the store keeps no unpacked images",
@@ -289,6 +294,7 @@ def export_image(
     epoch: int | None,
     stdout: BinaryIO | None = None,
     on_status: Callable[[str], None] | None = None,
+    remote: Remote | None = None,
 ) -> None:
     """Write ``image`` (as stored: uncompressed layers) to the output ``spec`` describes.
 
@@ -303,6 +309,12 @@ def export_image(
         return
     if spec.type == "image":
         _export_to_store(spec, image, store, refs, say)
+        if spec.push:
+            if not refs:
+                raise UsageError("pushing needs a name", hint="give -t NAME or --output type=registry,name=NAME")
+            if remote is None:
+                raise UsageError("pushing needs a registry client")  # the CLI always gives one
+            remote.push(image, refs, kind, annotations=spec.annotations, on_status=say)
         return
     check_destination(spec, store=store)
     if spec.type == "local":
@@ -311,10 +323,10 @@ def export_image(
         with _output(spec, stdout) as out:
             _write_rootfs_tar(image, store, epoch, out, say)
     elif spec.type == "oci" and not spec.tar:
-        exported = _prepare(image, store, kind, spec.annotations, say)
+        exported = prepare_export(image, store, kind, spec.annotations, say)
         _write_oci_directory(Path(spec.dest), exported, refs, store, epoch, say)
     elif spec.type == "oci":
-        exported = _prepare(image, store, kind, spec.annotations, say)
+        exported = prepare_export(image, store, kind, spec.annotations, say)
         with _output(spec, stdout) as out:
             _write_oci_tar(exported, refs, store, epoch, out, say)
     elif spec.type == "docker":
@@ -323,7 +335,7 @@ def export_image(
                 "type=docker cannot carry zstd layers (docker load reads plain and gzip ones)",
                 hint="use --compression gzip or uncompressed, or type=oci",
             )
-        exported = _prepare(image, store, kind, spec.annotations, say)
+        exported = prepare_export(image, store, kind, spec.annotations, say)
         view = Image(
             _WithDocuments(store.layout.store, {exported.manifest.digest: exported.raw_manifest}), exported.manifest
         )
@@ -337,11 +349,10 @@ def export_image(
 def _export_to_store(
     spec: OutputSpec, image: Image, store: Store, refs: Sequence[Reference], say: Callable[[str], None]
 ) -> None:
-    if spec.push:
-        raise UsageError(
-            "pushing to a registry is not available yet", hint="use --output type=oci or type=docker to save the image"
-        )
     for ref in refs:
+        current = store.layout.resolve(str(ref))
+        if current is not None and current.digest == image.digest:
+            continue  # already named so (the build tags its -t names before its outputs)
         say(f"naming to {ref}")
         store.layout.tag(str(ref), Descriptor(image.descriptor.media_type, image.digest, image.descriptor.size))
 
@@ -350,7 +361,7 @@ def _export_to_store(
 
 
 @dataclass(frozen=True, slots=True)
-class _Exported:
+class Exported:
     """The image as an output carries it: the stored config, compressed layers, and a manifest of its own."""
 
     image: Image
@@ -363,9 +374,9 @@ class _Exported:
         return self.image.manifest.config
 
 
-def _prepare(
+def prepare_export(
     image: Image, store: Store, kind: Compression, annotations: FrozenMap[str, str], say: Callable[[str], None]
-) -> _Exported:
+) -> Exported:
     image.layer_pairs()  # the manifest and config agree on the layer count, and the config parses
     say(f"exporting layers ({kind.value if kind is not Compression.NONE else 'uncompressed'})")
     cache = CompressedLayers(store, on_status=say)
@@ -373,7 +384,7 @@ def _prepare(
     manifest = image.manifest
     if layers == manifest.layers and not annotations and image.descriptor.media_type == mt.OCI_MANIFEST:
         descriptor = Descriptor(mt.OCI_MANIFEST, image.digest, image.descriptor.size)
-        return _Exported(image, descriptor, image.raw_manifest, layers)
+        return Exported(image, descriptor, image.raw_manifest, layers)
     config = manifest.config
     merged = FrozenMap({**manifest.annotations, **annotations})
     raw = replace(
@@ -384,7 +395,7 @@ def _prepare(
         annotations=merged,
     ).encode()
     descriptor = Descriptor(mt.OCI_MANIFEST, Digest.of_bytes(raw), len(raw))
-    return _Exported(image, descriptor, raw, layers)
+    return Exported(image, descriptor, raw, layers)
 
 
 def _as_oci_layer(layer: Descriptor) -> Descriptor:
@@ -422,7 +433,7 @@ class _WithDocuments:
 
 
 def _index_entries(
-    exported: _Exported, refs: Sequence[Reference], epoch: int | None, *, directory: bool
+    exported: Exported, refs: Sequence[Reference], epoch: int | None, *, directory: bool
 ) -> list[Descriptor]:
     """The index.json entries BuildKit writes for the image: one per name (see the module docstring)."""
     base = exported.manifest
@@ -446,20 +457,20 @@ def _rfc3339(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _blobs(exported: _Exported) -> list[Descriptor]:
+def _blobs(exported: Exported) -> list[Descriptor]:
     """Every blob the layout holds, each once: layers, config, manifest."""
     unique = {d.digest: d for d in (*exported.layers, exported.config, exported.manifest)}
     return list(unique.values())
 
 
-def _open_blob(exported: _Exported, store: Store, desc: Descriptor) -> BinaryIO:
+def _open_blob(exported: Exported, store: Store, desc: Descriptor) -> BinaryIO:
     if desc.digest == exported.manifest.digest:
         return io.BytesIO(exported.raw_manifest)
     return store.layout.store.open(desc.digest, desc.size)
 
 
 def _write_oci_tar(
-    exported: _Exported,
+    exported: Exported,
     refs: Sequence[Reference],
     store: Store,
     epoch: int | None,
@@ -493,7 +504,7 @@ def _write_oci_tar(
 
 def _write_oci_directory(
     dest: Path,
-    exported: _Exported,
+    exported: Exported,
     refs: Sequence[Reference],
     store: Store,
     epoch: int | None,

@@ -47,6 +47,7 @@ from builder.frontend import instructions as ins
 from builder.images import find_image
 from builder.plan import DEFAULT_PATH, HISTORY_COMMENT, BuildPlan, PlannedStage, Source, Step
 from builder.progress import Progress, StepProgress
+from builder.remote import Remote
 from builder.root import Store
 from builder.rootfs import Rootfs, ensure_skeleton
 from builder.snapshot import RootView, SnapshotStore, remove_dir, upper_items
@@ -79,6 +80,7 @@ class BuildOptions:
     names: tuple[str, ...] = ()  # the image's names, recorded with the cache entries
     cache_from: tuple[CacheSpec, ...] = ()  # --cache-from: portable caches consulted after the store's
     cache_to: tuple[CacheSpec, ...] = ()  # --cache-to: where this build's entries are exported
+    remote: Remote | None = None  # registries: FROM pulls what the store lacks (None: the store only)
 
 
 @dataclass(frozen=True)
@@ -171,18 +173,28 @@ class _Solver:
 
     # --- bases and sources
 
-    def store_image(self, ref: str, platform: Platform, line: int) -> Image:
+    def store_image(
+        self, ref: str, platform: Platform, line: int, on_status: Callable[[str], None] | None = None
+    ) -> Image:
+        """A base image: the store's, else pulled from its registry (always asked with ``--pull``)."""
         key = (ref, str(platform))
         if key not in self._images:
+            remote = self.options.remote
             try:
-                image, _ = find_image(self.store.layout, ref, platform)
+                if remote is None:
+                    image, _ = find_image(self.store.layout, ref, platform)
+                else:
+                    image = remote.image(ref, platform, on_status)
             except ImageNotFound:
                 raise DockerfileError(
                     f"{ref}: no such image in the local store",
                     path=self.plan.path,
                     line=line,
-                    hint="pulling from registries is not available yet; add it with 'pybuild import'",
+                    hint="add it with 'pybuild import' or 'pybuild pull'",
                 ) from None
+            except OCIError as err:
+                message = str(err) if str(err).startswith(ref) else f"{ref}: {err}"  # registry errors name it
+                raise DockerfileError(message, path=self.plan.path, line=line) from None
             self._images[key] = image
         return self._images[key]
 
@@ -251,7 +263,7 @@ class _Solver:
             self._skeleton = ensure_skeleton(self.store.root)
         return self._skeleton
 
-    def base(self, stage: PlannedStage) -> StageResult:
+    def base(self, stage: PlannedStage, on_status: Callable[[str], None] | None = None) -> StageResult:
         base = stage.base
         platform = stage.platform
         if base.kind == "scratch":
@@ -264,7 +276,7 @@ class _Solver:
             if image is None:
                 return self.directory_base(stage)
         else:
-            image = self.store_image(base.ref, platform, stage.line)
+            image = self.store_image(base.ref, platform, stage.line, on_status)
         try:
             config = image.config
             pairs = image.layer_pairs()
@@ -450,10 +462,6 @@ class _Solver:
     # --- stages
 
     def stage(self, stage: PlannedStage) -> StageResult:
-        base = self.base(stage)
-        rootfs, state, about = base.rootfs, base.state, dict(base.about)
-        history = list(base.config.history)
-        clock = base.config.created or self.created
         total = sum(_works(s) for s in stage.steps) + 1
         label = stage.display if len(self.plan.stages) > 1 else ""  # BuildKit names stages only when several
         if stage.base.kind != "stage":
@@ -463,7 +471,17 @@ class _Solver:
                 index=1,
                 total=total,
             )
+            try:
+                base = self.base(stage, origin.note)
+            except BuildError as err:
+                origin.fail(err.message)
+                raise
             origin.finish()
+        else:
+            base = self.base(stage)
+        rootfs, state, about = base.rootfs, base.state, dict(base.about)
+        history = list(base.config.history)
+        clock = base.config.created or self.created
         may_hit = self.may_hit(stage)
         index = 1
         for step in stage.steps:

@@ -29,6 +29,10 @@ OCI_LEVELS = {
     "image": 7,
     "layout": 8,
     "docker_archive": 8,
+    "auth": 3,
+    "credentials": 8,
+    "registry": 9,
+    "transfer": 10,
 }
 PURE_LEVEL = 3  # levels 0..3 do no I/O
 IMPURE_STDLIB = {"os", "pathlib", "shutil", "subprocess", "socket", "tempfile", "fcntl", "sqlite3", "urllib", "http"}

@@ -236,7 +236,7 @@ def test_parse_output_annotations() -> None:
         ("type=oci,dest=x,name=UPPER", "name=UPPER"),
         ("type=local,dest=x,platform-split=true", "platform-split=true is not supported"),
         ("type=local,dest=x,mode=delete", "mode=delete is not supported"),
-        ("type=registry,push-by-digest=true", "pushing is not available yet"),
+        ("type=registry,push-by-digest=true", "pushed by name"),
         ("type=image,dest=x", "unknown attribute 'dest'"),
         ('type=oci,"dest=x', "--output"),
     ],
@@ -665,10 +665,31 @@ def test_tar_output_is_deterministic_and_takes_the_epoch(image: Image, store: St
 # ---------------------------------------------------------------------------------------------------- image, registry
 
 
-def test_pushing_is_not_available_yet(image: Image, store: Store) -> None:
+def test_pushing_needs_a_name(image: Image, store: Store) -> None:
     for text in ("type=registry", "type=image,push=true"):
-        with pytest.raises(UsageError, match="pushing to a registry is not available yet"):
-            _export(text, image, store)
+        with pytest.raises(UsageError, match="pushing needs a name"):
+            _export(text, image, store, names=())
+
+
+def test_pushing_hands_the_image_and_every_name_to_the_remote(image: Image, store: Store) -> None:
+    pushed: list[tuple[object, ...]] = []
+
+    class Remote:
+        def push(self, image, refs, compression, *, annotations, on_status):  # type: ignore[no-untyped-def]
+            pushed.append((image.digest, tuple(str(r) for r in refs), compression))
+
+    names = (Reference.parse("127.0.0.1:5000/app:1"), Reference.parse("127.0.0.1:5000/app:latest"))
+    export_image(
+        parse_output("type=registry"),
+        image,
+        store=store,
+        compression=Compression.ZSTD,
+        names=names,
+        epoch=None,
+        remote=Remote(),  # type: ignore[arg-type]
+    )
+    assert pushed == [(image.digest, ("127.0.0.1:5000/app:1", "127.0.0.1:5000/app:latest"), Compression.ZSTD)]
+    assert all(store.layout.resolve(str(n)).digest == image.digest for n in names)  # type: ignore[union-attr]
 
 
 def test_image_output_names_the_image_in_the_store(image: Image, store: Store) -> None:

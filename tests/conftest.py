@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fakeregistry import BlobStore, FakeRegistry
+from registryserver import RegistryServer, run_registry
 
 REPO = Path(__file__).resolve().parent.parent
 TESTDATA = REPO / "testdata"
@@ -157,3 +159,53 @@ def write_context(root: Path, dockerfile: str, files: dict[str, str] | None = No
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
     return root
+
+
+# Registries on 127.0.0.1: Debian's docker-registry (tests/registryserver.py) and an in-process fake (fakeregistry.py).
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[RegistryServer]:
+    """docker-registry over plain HTTP, no auth."""
+    require_tool("docker-registry")
+    with run_registry(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def registry_basic(tmp_path: Path) -> Iterator[RegistryServer]:
+    """docker-registry over plain HTTP with htpasswd basic auth (``username``/``password``)."""
+    require_tool("docker-registry")
+    require_tool("htpasswd")
+    with run_registry(tmp_path, auth="basic") as server:
+        yield server
+
+
+@pytest.fixture
+def registry_tls(tmp_path: Path) -> Iterator[RegistryServer]:
+    """docker-registry over HTTPS with a certificate from a test CA (``ca_path``), no auth."""
+    require_tool("docker-registry")
+    with run_registry(tmp_path, tls=True) as server:
+        yield server
+
+
+@pytest.fixture
+def registry_token(tmp_path: Path) -> Iterator[RegistryServer]:
+    """docker-registry over plain HTTP with token auth; ``token_server`` issues tokens for the basic credentials."""
+    require_tool("docker-registry")
+    with run_registry(tmp_path, auth="token") as server:
+        yield server
+
+
+@pytest.fixture
+def fake_registry() -> Iterator[FakeRegistry]:
+    """An in-memory Distribution fake at 127.0.0.1 with fault injection (``faults``) and a request log."""
+    with FakeRegistry() as server:
+        yield server
+
+
+@pytest.fixture
+def blob_host() -> Iterator[BlobStore]:
+    """A second server, addressed as ``localhost``: where a registry's redirects may send blob downloads."""
+    with BlobStore() as server:
+        yield server

@@ -779,11 +779,14 @@ def _location(response: requests.Response, target: _Target, default: str = "") -
 
 
 def _range_end(response: requests.Response, default: int) -> int:
-    """The number of bytes an upload holds, from ``Range: 0-N`` (N inclusive)."""
+    """The number of bytes an upload holds, from ``Range: 0-N`` (N inclusive).
+
+    Distribution answers ``0-0`` for an empty upload as well as for a one-byte one; empty is the likelier (and a
+    wrong guess only costs a 416 on the next chunk)."""
     value = response.headers.get("Range", "")
     _, _, end = value.partition("-")
     if end.strip().isdigit():
-        return int(end) + 1
+        return int(end) + 1 if int(end) > 0 else 0
     return default
 
 

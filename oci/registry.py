@@ -190,6 +190,7 @@ class RegistryClient:
         self._sleep = sleep
         self._hosts: dict[str, _Host] = {}
         self._credentials: dict[str, Credential | None] = {}
+        self._mounted: set[str] = set()
 
     # --- manifests
 
@@ -506,6 +507,8 @@ class RegistryClient:
         origin = urllib.parse.urlsplit(url)
         for _ in range(_MAX_REDIRECTS + 1):
             parts = urllib.parse.urlsplit(url)
+            if parts.scheme == "https":
+                self._mount_tls(parts.netloc)  # a blob store or CDN we are sent to is verified the same way
             same_origin = parts.netloc == registry_host and (parts.scheme == origin.scheme or parts.scheme == "https")
             sent = dict(headers)
             if authorization and same_origin:
@@ -607,21 +610,21 @@ class RegistryClient:
         )
 
     def _mount_tls(self, name: str) -> None:
-        context = self._tls_context(name)
-        if context is not None:
-            self.session.mount(f"https://{name}/", _TLSAdapter(context))
+        """Give ``https://NAME/`` its own adapter (the system CAs plus certs.d); once per host."""
+        if name not in self._mounted:
+            self.session.mount(f"https://{name}/", _TLSAdapter(self._tls_context(name)))
+            self._mounted.add(name)
 
-    def _tls_context(self, name: str) -> ssl.SSLContext | None:
-        """The system CAs plus ``certs.d/NAME/``: ``*.crt`` are CAs, ``X.cert`` + ``X.key`` a client certificate."""
+    def _tls_context(self, name: str) -> ssl.SSLContext:
+        """The system CAs plus ``certs.d/NAME/``: ``*.crt`` are CAs, ``X.cert`` + ``X.key`` a client certificate.
+
+        The system's CAs are OpenSSL's (``/etc/ssl/certs``, or ``SSL_CERT_FILE``/``SSL_CERT_DIR``), not the copy of
+        Mozilla's list that requests ships, so a CA the administrator installed is trusted here as by docker."""
         found = [d / name for d in self.options.certs_dirs if (d / name).is_dir()]
+        context = ssl.create_default_context()
         if name in self.options.insecure:
-            context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        elif found:
-            context = ssl.create_default_context()
-        else:
-            return None
         for directory in found:
             for path in sorted(directory.iterdir()):
                 try:
@@ -668,6 +671,8 @@ class RegistryClient:
             raise RegistryAuthError(f"the token realm {realm} is plain HTTP", **_named(target))
         credential = self._credentials_for(target.registry, challenge)
         params = token_params(challenge, sorted(scopes), credential)
+        if parts.scheme == "https":
+            self._mount_tls(parts.netloc)
         for failure in range(1, self.options.retries + 2):
             try:
                 if credential is not None and credential.identity_token:

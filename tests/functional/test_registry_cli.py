@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require_tool, run_pybuild, write_context
+from fakeregistry import FakeRegistry, Fault
 from registryserver import RegistryServer, run_registry
 
 SKOPEO_PLAIN = ("--tls-verify=false",)
@@ -175,3 +176,35 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.delenv(name, raising=False)
     assert "PYBUILD_ROOT" in os.environ
+
+
+def _stored_blobs_verify(root: Path) -> int:
+    """Every blob in the store hashes to its name; returns how many there are."""
+    import hashlib
+
+    count = 0
+    for path in (root / "blobs" / "sha256").iterdir():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name
+        count += 1
+    return count
+
+
+def test_a_misbehaving_registry_ends_in_one_clear_line_and_a_sound_store(
+    fake_registry: FakeRegistry, busybox: str, store_root: Path, tmp_path: Path
+) -> None:
+    host = fake_registry.host
+    _ok("push", "busybox", f"{host}/app:1")
+    layer = next(iter(d for d in fake_registry.blobs["app"] if len(fake_registry.blobs["app"][d]) > 10_000))
+    other = tmp_path / "other"
+    fake_registry.faults.append(Fault("GET", rf"/v2/app/blobs/{layer}", "corrupt", times=None))
+    result = run_pybuild("--root", str(other), "pull", f"{host}/app:1")
+    errors = [line for line in result.err.splitlines() if line.startswith("pybuild:")]
+    assert result.code == 1 and len(errors) == 1 and errors == result.err.strip().splitlines()[-1:], result
+    assert f"{host}/app@{layer}" in result.err and "content has digest" in result.err
+    assert not (other / "blobs" / "sha256" / layer.split(":")[1]).exists()
+    _stored_blobs_verify(other)
+    assert "app" not in _ok("--root", str(other), "images")
+    # 500s, then success: the pull goes through.
+    fake_registry.faults[:] = [Fault("GET", r"/v2/app/.*", "status", status=500, times=2)]
+    assert "Downloaded newer image" in _ok("--root", str(other), "pull", f"{host}/app:1")
+    assert _stored_blobs_verify(other) >= 3

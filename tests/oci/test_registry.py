@@ -45,7 +45,21 @@ def _descriptor(media_type: str, data: bytes) -> dict[str, object]:
 class Published:
     """An image put straight into the fake: its layer, config and manifest bytes."""
 
-    def __init__(self, fake: FakeRegistry, repo: str, tag: str, *, content: bytes = b"hello", arch: str = "amd64"):
+    def __init__(
+        self,
+        fake: FakeRegistry,
+        repo: str,
+        tag: str,
+        *,
+        content: bytes = b"hello",
+        arch: str = "amd64",
+        docker: bool = False,
+    ) -> None:
+        manifest_type, config_type, layer_type = (
+            (mt.DOCKER_MANIFEST, mt.DOCKER_CONFIG, mt.DOCKER_LAYER)
+            if docker
+            else (mt.OCI_MANIFEST, mt.OCI_CONFIG, mt.OCI_LAYER_GZIP)
+        )
         plain = _tar_of(content)
         self.layer = gzip.compress(plain, mtime=0)
         self.config = json.dumps(
@@ -58,14 +72,14 @@ class Published:
         self.manifest = json.dumps(
             {
                 "schemaVersion": 2,
-                "mediaType": mt.OCI_MANIFEST,
-                "config": _descriptor(mt.OCI_CONFIG, self.config),
-                "layers": [_descriptor(mt.OCI_LAYER_GZIP, self.layer)],
+                "mediaType": manifest_type,
+                "config": _descriptor(config_type, self.config),
+                "layers": [_descriptor(layer_type, self.layer)],
             }
         ).encode()
         fake.put_blob(repo, self.layer)
         fake.put_blob(repo, self.config)
-        self.digest = Digest.parse(fake.put_manifest(repo, tag, self.manifest))
+        self.digest = Digest.parse(fake.put_manifest(repo, tag, self.manifest, manifest_type))
 
     @property
     def blobs(self) -> list[Digest]:
@@ -99,6 +113,15 @@ def test_pull_by_tag_stores_verified_blobs_and_the_manifest(fake_registry: FakeR
     assert all(store.has(d) for d in image.blobs) and store.read(image.digest) == image.manifest
     # A second pull finds everything stored and downloads nothing.
     assert pull_image(client, _ref(fake_registry, "app:1"), store, AMD64).downloaded == 0
+
+
+def test_docker_schema_2_images_pull_as_they_are(fake_registry: FakeRegistry, tmp_path: Path) -> None:
+    image = Published(fake_registry, "docker", "1", docker=True)
+    store = _store(tmp_path)
+    client, _ = _client()
+    pulled = pull_image(client, _ref(fake_registry, "docker:1"), store, AMD64)
+    assert pulled.manifest == Descriptor(mt.DOCKER_MANIFEST, image.digest, len(image.manifest))
+    assert store.read(image.digest) == image.manifest  # byte for byte: its digest is the registry's
 
 
 def test_an_index_is_narrowed_to_the_platform_asked_for(fake_registry: FakeRegistry, tmp_path: Path) -> None:

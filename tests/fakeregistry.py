@@ -27,6 +27,7 @@ rule that matches and still has ``times`` left (``None`` means forever) applies,
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import hashlib
 import http.server
@@ -355,6 +356,7 @@ class FakeRegistry(FakeServer):
         self.require_basic = require_basic
         self.require_bearer = require_bearer
         self.token_credentials = token_credentials
+        self.identity_token = ""  # a refresh token the token endpoint accepts by POST
         self.absolute_locations = absolute_locations
         self.upload_state = upload_state
         self.check_references = check_references  # refuse a manifest whose blobs or children are not here
@@ -437,9 +439,15 @@ class FakeRegistry(FakeServer):
         return None
 
     def _token(self, request: Request) -> Response:
-        if request.method != "GET":
-            return error(405, "UNSUPPORTED", "the token endpoint answers GET only")
-        if self.token_credentials is not None:
+        if request.method == "POST":  # OAuth2: an identity (refresh) token in a form body, as docker login stores
+            form = urllib.parse.parse_qs(request.body.decode())
+            refresh = (form.get("refresh_token") or [""])[0]
+            if form.get("grant_type") != ["refresh_token"] or not self.identity_token or refresh != self.identity_token:
+                return error(401, "UNAUTHORIZED", "bad refresh token")
+            request = dataclasses.replace(request, query={**request.query, **form})
+        elif request.method != "GET":
+            return error(405, "UNSUPPORTED", "the token endpoint answers GET and POST only")
+        elif self.token_credentials is not None:
             user, password = self.token_credentials
             expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
             if request.headers.get("Authorization") != expected:

@@ -289,6 +289,19 @@ def test_anonymous_bearer_tokens_work_without_credentials(tmp_path: Path) -> Non
         assert all("Authorization" not in r.headers for r in fake.requests if r.path == "/token")
 
 
+def test_an_identity_token_is_exchanged_by_post(tmp_path: Path) -> None:
+    with FakeRegistry(require_bearer=(None, "oauth"), token_credentials=("nobody", "x")) as fake:
+        fake.identity_token = "refresh-123"
+        Published(fake, "app", "1")
+        client, _ = _client(Credential(identity_token="refresh-123"))
+        pull_image(client, _ref(fake, "app:1"), _store(tmp_path), AMD64)
+        posts = [r for r in fake.requests if r.path == "/token"]
+        assert posts and all(r.method == "POST" and b"refresh_token=refresh-123" in r.body for r in posts)
+        wrong, _ = _client(Credential(identity_token="stale"))
+        with pytest.raises(RegistryError, match="token server .*: the credentials were refused"):
+            wrong.get_manifest(_ref(fake, "app:1"))
+
+
 # --------------------------------------------------------------------------------------------------- pushing
 
 

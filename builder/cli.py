@@ -35,7 +35,7 @@ from builder.importer import ImportRequest, import_rootfs
 from builder.plan import BuildPlan, PlanOptions, plan_build
 from builder.platforms import host_platform
 from builder.progress import Progress
-from builder.remote import RegistrySettings, Remote
+from builder.remote import PushResult, RegistrySettings, Remote
 from builder.request import (
     BuildRequest,
     parse_build_args,
@@ -154,10 +154,12 @@ def cmd_push(ctx: _Context) -> int:
     except (ValueError, InvalidReference) as err:
         raise UsageError(str(err)) from None
     image, _ = find_image(ctx.store.layout, args.name, ctx.platform)
+    key = _signing_key(ctx, args.sign_key) if args.sign_key else None  # a bad key or password fails before the push
     remote = _remote(ctx)
     progress = Progress("quiet" if args.quiet else args.progress)
     try:
         results = remote.push(image, [dest], compression, on_status=progress.status)
+        signed = _sign_pushed(remote, results, key, progress.status) if key is not None else []
     finally:
         progress.done()
     for result in results:
@@ -168,6 +170,8 @@ def cmd_push(ctx: _Context) -> int:
             print(str(result.digest), file=ctx.out)
         else:
             print(f"{result.ref.tag or 'pushed'}: digest: {result.digest} size: {result.size}", file=ctx.out)
+    if not args.quiet:
+        _print_signed(ctx, signed)
     return 0
 
 
@@ -210,6 +214,72 @@ def cmd_logout(ctx: _Context) -> int:
         print(f"Removing login credentials for {registry}", file=ctx.out)
     else:
         print(f"Not logged in to {registry}", file=ctx.out)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------- signing
+
+
+def _signing_key(ctx: _Context, path: str) -> Any:
+    from builder.signing import key_password, load_private_key
+
+    return load_private_key(Path(path), key_password(ctx.environ))
+
+
+def _registry_ref(name: str) -> Reference:
+    try:
+        return Reference.parse(name)
+    except InvalidReference as err:
+        raise UsageError(str(err)) from None
+
+
+def _sign_pushed(remote: Remote, results: Sequence[PushResult], key: Any, say: Callable[[str], None]) -> list[Any]:
+    """``push --sign-key``: sign each pushed manifest digest where it was pushed."""
+    from builder.signing import sign
+
+    return [sign(remote, result.ref, key, digest=result.digest, on_status=say) for result in results]
+
+
+def _print_signed(ctx: _Context, signed: Sequence[Any]) -> None:
+    for done in signed:
+        if done.added:
+            print(f"Signed {done.image}: {done.signature} holds {done.signatures} signature(s)", file=ctx.out)
+        else:
+            print(f"{done.image} is already signed by this key ({done.signature})", file=ctx.out)
+
+
+def cmd_key_generate(ctx: _Context) -> int:
+    from builder.signing import PASSWORD_ENV, generate_key, key_password
+
+    password = key_password(ctx.environ)
+    files = generate_key(Path(ctx.args.output), password)
+    if password is None:
+        print(f"WARNING: {files.private} is not encrypted (set {PASSWORD_ENV} to encrypt it)", file=sys.stderr)
+    print(f"Private key written to {files.private}", file=ctx.out)
+    print(f"Public key written to {files.public}", file=ctx.out)
+    return 0
+
+
+def cmd_sign(ctx: _Context) -> int:
+    from builder.signing import sign
+
+    ref = _registry_ref(ctx.args.name)
+    key = _signing_key(ctx, ctx.args.key)
+    _print_signed(ctx, [sign(_remote(ctx), ref, key)])
+    return 0
+
+
+def cmd_verify(ctx: _Context) -> int:
+    from builder.signing import load_public_key, verify
+
+    args = ctx.args
+    ref = _registry_ref(args.name)
+    verified = verify(_remote(ctx), ref, load_public_key(Path(args.key)))
+    if args.format == "json":
+        _json_out(ctx, [payload.to_json() for payload in verified.payloads])
+        return 0
+    count = f"{len(verified.payloads)} of {verified.signatures} signatures"
+    print(f"Verified {verified.image}: {count} match {args.key}", file=ctx.out)
     return 0
 
 
@@ -705,12 +775,35 @@ _EXAMPLES = {
     "push": """examples:
   pybuild push registry.example.com/team/app:1.0
   pybuild push app:1.0 localhost:5000/app:1.0 --chunk-size 16MB
-  pybuild push --compression zstd --digestfile app.digest registry.example.com/team/app:1.0""",
+  pybuild push --compression zstd --digestfile app.digest registry.example.com/team/app:1.0
+  pybuild push --sign-key pybuild.key registry.example.com/team/app:1.0""",
     "login": """examples:
   pybuild login registry.example.com -u ci --password-stdin < token.txt
   echo "$TOKEN" | pybuild login -u ci --password-stdin ghcr.io""",
     "logout": """examples:
   pybuild logout registry.example.com""",
+    "key generate": """The private key is PKCS#8 PEM (not cosign's encrypted key format), encrypted when
+PYBUILD_KEY_PASSWORD is set; the public key is SubjectPublicKeyInfo PEM, as cosign verify --key and
+the containers policy's keyPath (skopeo, podman) take it.
+
+examples:
+  PYBUILD_KEY_PASSWORD=$(cat key-password) pybuild key generate
+  pybuild key generate --output ci/release""",
+    "sign": """Signs the manifest digest NAME names in its registry and pushes the signature beside it as
+cosign does (tag sha256-HEX.sig in the same repository); earlier signatures are kept. skopeo and
+podman (built with sigstore support) verify it with a sigstoreSigned policy (signedIdentity
+matchRepository) and registries.d use-sigstore-attachments: true. An encrypted key's password
+comes from PYBUILD_KEY_PASSWORD.
+
+examples:
+  pybuild sign --key pybuild.key registry.example.com/team/app:1.0
+  pybuild sign --key pybuild.key registry.example.com/team/app@sha256:4f2a...
+  pybuild push --sign-key pybuild.key app:1.0 registry.example.com/team/app:1.0""",
+    "verify": """Exit status 0: a signature by KEY names this digest and repository; 1: none does.
+
+examples:
+  pybuild verify --key pybuild.pub registry.example.com/team/app:1.0
+  pybuild verify --key pybuild.pub --format json registry.example.com/team/app:1.0 | jq '.[0].critical'""",
     "images": """examples:
   pybuild images
   pybuild images --format json | jq -r .Name
@@ -854,6 +947,11 @@ def _build_parser() -> _Parser:
     )
     _add_chunk_size(p)
     p.add_argument("--digestfile", metavar="FILE", help="write the pushed manifest's digest to FILE")
+    p.add_argument(
+        "--sign-key",
+        metavar="KEY",
+        help="then sign the pushed digest with this private key, as 'pybuild sign' does",
+    )
     p.add_argument("--progress", default="auto", choices=("auto", "tty", "plain", "quiet"), help="progress output")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the manifest digest")
 
@@ -865,6 +963,33 @@ def _build_parser() -> _Parser:
 
     p = verb("logout", "Forget the credentials saved for a registry", cmd_logout)
     p.add_argument("server", metavar="SERVER", nargs="?", help="the registry (default: docker.io)")
+
+    p = verb("key", "Make a key pair for signing images", _no_subcommand)
+    key_verbs = p.add_subparsers(dest="key_command", metavar="COMMAND", parser_class=_Parser)
+    p = key_verbs.add_parser(
+        "generate",
+        help="Write a new ECDSA P-256 key pair: PREFIX.key (private) and PREFIX.pub (public)",
+        description="Write a new ECDSA P-256 key pair for 'pybuild sign': PREFIX.key and PREFIX.pub. Existing files "
+        "are never overwritten.",
+        epilog=_EXAMPLES["key generate"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    p.set_defaults(run=cmd_key_generate)
+    p.add_argument(
+        "-o", "--output", metavar="PREFIX", default="pybuild", help="write PREFIX.key and PREFIX.pub (default: pybuild)"
+    )
+
+    p = verb("sign", "Sign an image in a registry (sigstore/cosign signature)", cmd_sign)
+    p.add_argument("name", metavar="NAME[:TAG|@DIGEST]", help="the image in its registry")
+    p.add_argument(
+        "--key", required=True, metavar="KEY", help="the private key: PKCS#8 PEM, password in $PYBUILD_KEY_PASSWORD"
+    )
+
+    p = verb("verify", "Check an image's sigstore/cosign signature against a public key", cmd_verify)
+    p.add_argument("name", metavar="NAME[:TAG|@DIGEST]", help="the image in its registry")
+    p.add_argument("--key", required=True, metavar="KEY.pub", help="the public key (PEM)")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="json: the verified payloads")
 
     p = verb("context", "Inspect build contexts", _no_subcommand)
     context_verbs = p.add_subparsers(dest="context_command", metavar="COMMAND", parser_class=_Parser)

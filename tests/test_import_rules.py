@@ -30,6 +30,7 @@ OCI_LEVELS = {
     "layout": 8,
     "docker_archive": 8,
     "auth": 3,
+    "sigstore": 4,
     "credentials": 8,
     "registry": 9,
     "transfer": 10,

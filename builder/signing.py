@@ -33,9 +33,10 @@ registries.d says so: a file in ``/etc/containers/registries.d/`` (or ``skopeo -
         use-sigstore-attachments: true
 
 Then ``skopeo copy docker://HOST/REPO:TAG ...`` and ``podman pull HOST/REPO:TAG`` succeed for a signed image and
-fail for one that is unsigned, changed since signing, or signed by another key. That takes builds with sigstore
-support: Debian 12's skopeo and podman have it patched out, and refuse every ``sigstoreSigned`` requirement with
-"Debian-local change: sigstore disabled" (they still find and copy the signatures; ``pybuild verify`` checks them).
+fail for one that is unsigned, changed since signing, or signed by another key (tests/functional/test_signing_cli.py
+shows all three). That takes builds with sigstore support: Debian 12's skopeo and podman have it patched out, and
+refuse every ``sigstoreSigned`` requirement with "Debian-local change: sigstore disabled"; Debian 13's verify (CI
+runs its skopeo in a chroot: .ci/install-sigstore-skopeo). ``pybuild verify`` checks signatures anywhere.
 """
 
 from __future__ import annotations

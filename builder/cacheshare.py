@@ -1,13 +1,13 @@
-"""The portable step cache: ``--cache-to type=local,dest=DIR`` writes one, ``--cache-from type=local,src=DIR`` reads it.
+"""The portable step cache: ``--cache-to`` writes one, ``--cache-from`` reads it, in a directory or a registry.
 
 The local step cache (``builder.cache``) lives in one store and cannot leave it; CI machines start empty. A cache
-directory carries chosen entries of it to another machine, as BuildKit's local cache exporter and importer do, with
-their options: ``dest``/``src``, ``mode=min|max`` (which entries to export: the caller's choice), ``compression=``
-(``gzip`` by default, ``zstd``, ``uncompressed``) and ``tag=`` (``latest`` by default), so several caches can share
-one directory.
+carries chosen entries of it to another machine, as BuildKit's local and registry cache exporters and importers
+do, with their options: ``type=local,dest=DIR``/``src=DIR`` with ``tag=`` (``latest`` by default, so several
+caches can share one directory), or ``type=registry,ref=REPO:TAG`` (buildx's bare ``--cache-from REPO:TAG`` is
+the same); ``mode=min|max`` (which entries to export: the caller's choice), ``compression=`` (``gzip`` by default,
+``zstd``, ``uncompressed``) and ``ignore-error=true`` (a failed export only warns: the caller's to honour).
 
-The format. DIR is an OCI image layout (any OCI tool can copy, inspect or validate it; ``skopeo copy`` can move it
-to a registry). ``index.json`` names one OCI image manifest per tag (``org.opencontainers.image.ref.name``), with
+The format. One artifact: an OCI image manifest with
 
 - ``artifactType`` ``application/vnd.pybuild.cache.v1+json``, so no tool mistakes it for a runnable image;
 - ``config``: a blob of media type ``application/vnd.pybuild.cache.config.v1+json``, the canonical JSON
@@ -15,9 +15,16 @@ to a registry). ``index.json`` names one OCI image manifest per tag (``org.openc
   record, so a miss against an imported entry can be explained), ``layer`` (an index into the manifest's layers,
   or null for a step that changed no file), ``diff_id``, ``size`` (the layer's uncompressed size), ``history``,
   ``step``, ``stage``, ``line``, ``dockerfile``, ``image``, ``about``, ``created`` (seconds since the epoch) and
-  ``parents`` (``[[descriptor, diff_id], ...]``, the layers under the step's, bottom first: a layer the
-  directory holds is described as it is stored there, any other as the exporting store held it);
+  ``parents`` (``[[descriptor, diff_id], ...]``, the layers under the step's, bottom first: a layer the cache
+  holds is described as it is stored there, any other as the exporting store held it);
 - ``layers``: each distinct layer once, compressed as asked and annotated ``dev.pybuild.diff_id``.
+
+``cache_artifact`` makes it (the layers compressed into the store, the config and the manifest as bytes);
+``export_cache`` writes it into a directory, an OCI image layout whose ``index.json`` names one manifest per tag
+(``org.opencontainers.image.ref.name``; any OCI tool can copy, inspect or validate it, and ``skopeo copy`` can move
+it to a registry); ``push_cache`` pushes the same bytes to a registry: the blobs first (those the repository has
+are skipped, those known to live in another repository of the registry are mounted), the manifest last, under the
+reference's tag, so a reader never sees a manifest whose blobs are missing.
 
 Why this shape: the store keeps layers uncompressed (``builder.compressed``), but a cache travels, so its layers
 are compressed once, through the same memo that ``--output`` uses. The diff_id annotation ties each compressed
@@ -25,25 +32,36 @@ blob to the uncompressed digest the local store names it by, so importing a laye
 compressed blob (verified by its digest), decompress, and write it into the store verified against its diff_id.
 An imported entry is then exactly what the local index would hold.
 
-Writing is atomic piece by piece and serialised: blobs go through the layout's content store, the whole export
-runs under the layout's lock, ``index.json`` is replaced atomically, and only then are the blobs that
+Writing a directory is atomic piece by piece and serialised: blobs go through the layout's content store, the
+whole export runs under the layout's lock, ``index.json`` is replaced atomically, and only then are the blobs that
 ``index.json`` no longer reaches deleted, so a re-exported directory does not grow without bound and a reader sees
 either the old cache or the new one. A reader that loaded the old one just before it was replaced may find a blob
-gone; it reports that blob as missing, which a build treats like a miss.
+gone; it reports that blob as missing. (A registry keeps what a replaced tag named until its own garbage
+collection.)
 
-Importing is forgiving only where BuildKit is: a directory or tag that is not there gives an empty cache with a
-warning. Anything that is there but wrong (a malformed or unverifiable document, a foreign artifact, an entry
-pointing at a layer that does not exist) is refused, naming ``--cache-from type=local,src=DIR``.
+Importing is lazy: loading reads the manifest and the config (the records), nothing else; a layer is read only
+when ``fetch`` asks for it, which the solver does only when a build needs that layer's content. Both kinds of
+cache are read through one small interface (``_Source``: read a document, open a layer, tell whether a layer is
+there), so the checks are the same. From a registry, a blob goes through the store's content store (verified
+against its digest as it is written, with the registry client's retries) and is removed once read, unless the
+store already held it (a layer stored uncompressed is the layer itself: it goes straight into the store).
+
+Importing is forgiving only where BuildKit is: a directory, tag or registry reference that is not there (or a
+registry that cannot be reached) gives an empty cache with a warning. Anything that is there but wrong (a malformed
+or unverifiable document, a foreign artifact, an entry pointing at a layer that does not exist) is refused, naming
+the ``--cache-from`` value.
 """
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from builder.attrs import csv_fields, go_bool, key_values, suggest
 from builder.cache import CacheEntry
@@ -66,17 +84,26 @@ from oci.errors import (
 )
 from oci.layout import INDEX_FILE, LAYOUT_FILE, ImageLayout
 from oci.manifest import Index, Manifest, parse_manifest
+from oci.reference import Reference
 from oci.store import ContentStore, atomic_file
+
+if TYPE_CHECKING:
+    from builder.remote import Remote
+    from oci.registry import RegistryClient
 
 __all__ = [
     "CACHE_ARTIFACT_TYPE",
     "CACHE_CONFIG_TYPE",
     "DIFF_ID_ANNOTATION",
+    "CacheArtifact",
     "CacheSpec",
     "ImportedCache",
+    "cache_artifact",
     "check_cache_destination",
     "export_cache",
     "parse_cache_option",
+    "push_cache",
+    "write_cache",
 ]
 
 CACHE_ARTIFACT_TYPE = "application/vnd.pybuild.cache.v1+json"
@@ -91,10 +118,17 @@ MAX_CONFIG_SIZE = 64 * 1024 * 1024
 CACHE_TO = "--cache-to"
 CACHE_FROM = "--cache-from"
 _MODES = ("min", "max")
-_TYPES = ("local",)
+_TYPES = ("local", "registry")
 #: BuildKit's other cache backends: known, not available yet.
-_LATER_TYPES = ("registry", "inline", "gha", "s3", "azblob")
-_KEYS = {CACHE_TO: ("dest", "mode", "compression", "tag"), CACHE_FROM: ("src", "tag")}
+_LATER_TYPES = ("inline", "gha", "s3", "azblob")
+#: The attributes of each flag and type; the first says where the cache is.
+_KEYS = {
+    (CACHE_TO, "local"): ("dest", "mode", "compression", "tag", "ignore-error"),
+    (CACHE_FROM, "local"): ("src", "tag"),
+    (CACHE_TO, "registry"): ("ref", "mode", "compression", "ignore-error"),
+    (CACHE_FROM, "registry"): ("ref",),
+}
+_EXAMPLES = {"local": "DIR", "registry": "REGISTRY/REPOSITORY:TAG"}
 #: BuildKit attributes whose only value pybuild's format can honour is true: accepted then, refused otherwise.
 _ALWAYS_TRUE = {
     CACHE_TO: {
@@ -107,11 +141,8 @@ _ALWAYS_TRUE = {
 _NO_OPS = {CACHE_TO: {"force-compression"}, CACHE_FROM: set()}
 #: BuildKit attributes pybuild does not implement, with the reason it gives.
 _REFUSED = {
-    CACHE_TO: {
-        "compression-level": "layers are compressed once at a fixed level (gzip 6, zstd 3) and reused",
-        "ignore-error": "a failed cache export always fails the build",
-    },
-    CACHE_FROM: {"digest": "a cache is chosen by tag= only"},
+    CACHE_TO: {"compression-level": "layers are compressed once at a fixed level (gzip 6, zstd 3) and reused"},
+    CACHE_FROM: {"digest": "a cache is chosen by tag= (type=local) or by ref= (type=registry, which takes @DIGEST)"},
 }
 _TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 _CHUNK = 1 << 20
@@ -119,14 +150,22 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True, slots=True)
 class CacheSpec:
-    """One ``--cache-to`` or ``--cache-from``: ``path`` is ``dest`` for the one, ``src`` for the other; ``mode`` and
-    ``compression`` matter only when exporting."""
+    """One ``--cache-to`` or ``--cache-from``. ``type=local``: ``path`` is ``dest`` for the one, ``src`` for the
+    other, and ``tag`` the tag in it; ``type=registry``: ``ref``. ``mode``, ``compression`` and ``ignore_error``
+    matter only when exporting."""
 
     type: str
-    path: Path
+    path: Path | None = None
     mode: str = "min"
     compression: Compression = Compression.GZIP
     tag: str = "latest"
+    ref: Reference | None = None
+    ignore_error: bool = False
+
+    @property
+    def location(self) -> str:
+        """Where the cache is, as the user would write it: the directory or the reference."""
+        return str(self.ref) if self.ref is not None else str(self.path)
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
@@ -135,33 +174,37 @@ class CacheSpec:
 def _not_yet(flag: str, kind: str) -> BuildError:
     return BuildError(
         f"{flag} type={kind} is not supported yet",
-        hint=f"use {flag} type=local,{'dest' if flag == CACHE_TO else 'src'}=DIR",
+        hint=f"use {flag} type=local,{'dest' if flag == CACHE_TO else 'src'}=DIR or type=registry,ref=REPO:TAG",
     )
 
 
 def parse_cache_option(text: str, flag: str) -> CacheSpec:
     """Parse one ``--cache-to`` or ``--cache-from`` value (``flag`` says which) as buildx does: CSV ``key=value``
-    fields, keys lowercased. Wrong values are ``UsageError``; BuildKit's other cache types are a ``BuildError``
-    saying they are not supported yet."""
-    if flag not in _KEYS:
+    fields, keys lowercased, and a value without ``=`` is ``type=registry,ref=VALUE``. Wrong values are
+    ``UsageError``; BuildKit's other cache types are a ``BuildError`` saying they are not supported yet."""
+    if flag not in (CACHE_TO, CACHE_FROM):
         raise ValueError(f"flag must be {CACHE_TO} or {CACHE_FROM}, not {flag!r}")
     if not text.strip():
         raise UsageError(f"{flag}: empty value")
     fields = csv_fields(text, flag)
     if "=" not in text:
-        raise _not_yet(flag, "registry")  # buildx reads a bare value as type=registry,ref=VALUE
+        if len(fields) != 1:  # buildx makes one cache of each; pybuild takes one value per flag
+            raise UsageError(f"{flag} {text!r}: one registry reference per {flag} (repeat the flag for more)")
+        fields = ["type=registry", f"ref={fields[0].strip()}"]
     attrs = key_values(fields, flag)
     kind = attrs.pop("type", "")
     if not kind:
-        raise UsageError(f"{flag} {text!r}: type is required (e.g. type=local,{_KEYS[flag][0]}=DIR)")
+        example = "type=registry,ref=REPO:TAG" if "ref" in attrs else f"type=local,{_KEYS[flag, 'local'][0]}=DIR"
+        raise UsageError(f"{flag} {text!r}: type is required (e.g. {example})")
     if kind in _LATER_TYPES:
         raise _not_yet(flag, kind)
     if kind not in _TYPES:
         raise UsageError(f"{flag}: unknown cache type {kind!r}{suggest(kind, _TYPES + _LATER_TYPES)}")
     where = f"{flag} type={kind}"
+    keys = _KEYS[flag, kind]
     other = CACHE_FROM if flag == CACHE_TO else CACHE_TO
     for key, value in attrs.items():
-        if key in _KEYS[flag]:
+        if key in keys:
             continue
         if key in _NO_OPS[flag]:
             go_bool(where, key, value)
@@ -170,15 +213,18 @@ def parse_cache_option(text: str, flag: str) -> CacheSpec:
                 raise UsageError(f"{where}: {key}=false is not supported ({_ALWAYS_TRUE[flag][key]})")
         elif key in _REFUSED[flag]:
             raise UsageError(f"{where}: {key} is not supported by pybuild: {_REFUSED[flag][key]}")
-        elif any(key in table[other] for table in (_KEYS, _NO_OPS, _ALWAYS_TRUE, _REFUSED)):
+        elif key in _KEYS[other, kind] or any(key in table[other] for table in (_NO_OPS, _ALWAYS_TRUE, _REFUSED)):
             raise UsageError(f"{where}: {key} is an attribute of {other}, not {flag}")
+        elif owner := next((t for t in _TYPES if key in _KEYS[flag, t]), None):
+            hint = "a registry cache's tag is part of ref (ref=REPO:TAG)" if key == "tag" else ""
+            raise UsageError(f"{where}: {key} is an attribute of type={owner}, not type={kind}", hint=hint)
         else:
-            raise UsageError(f"{where}: unknown attribute {key!r}{suggest(key, _KEYS[flag])}")
+            raise UsageError(f"{where}: unknown attribute {key!r}{suggest(key, keys)}")
 
-    path_key = _KEYS[flag][0]
-    path = attrs.get(path_key, "")
-    if not path:
-        raise UsageError(f"{where}: {path_key} is required (e.g. {where},{path_key}=DIR)")
+    location_key = keys[0]
+    location = attrs.get(location_key, "")
+    if not location:
+        raise UsageError(f"{where}: {location_key} is required (e.g. {where},{location_key}={_EXAMPLES[kind]})")
     mode = attrs.get("mode", "min")
     if mode not in _MODES:
         raise UsageError(f"{where}: mode={mode!r} is not min or max")
@@ -188,10 +234,25 @@ def parse_cache_option(text: str, flag: str) -> CacheSpec:
             compression = Compression.parse(attrs["compression"])
         except ValueError as err:
             raise UsageError(f"{where}: {err}") from None
+    ignore_error = go_bool(where, "ignore-error", attrs["ignore-error"]) if "ignore-error" in attrs else False
+    if kind == "registry":
+        ref = _parse_ref(location, flag, where)
+        return CacheSpec(kind, mode=mode, compression=compression, ref=ref, ignore_error=ignore_error)
     tag = attrs.get("tag", "latest")
     if not _TAG.fullmatch(tag):
         raise UsageError(f"{where}: tag={tag!r} is not a valid tag (letters, digits, _ . -; at most 128)")
-    return CacheSpec(type=kind, path=Path(path), mode=mode, compression=compression, tag=tag)
+    return CacheSpec(kind, Path(location), mode, compression, tag, ignore_error=ignore_error)
+
+
+def _parse_ref(text: str, flag: str, where: str) -> Reference:
+    """A cache's registry reference, normalised as Docker does (no tag means ``latest``, as in BuildKit)."""
+    try:
+        ref = Reference.parse(text)
+    except OCIError as err:
+        raise UsageError(f"{where}: {err}") from None
+    if flag == CACHE_TO and ref.digest is not None:
+        raise UsageError(f"{where}: ref={text!r} names a digest; a cache is pushed under a tag (ref=REPO:TAG)")
+    return ref
 
 
 # ---------------------------------------------------------------------------------------------------- export
@@ -205,10 +266,16 @@ def _from_where(src: Path) -> str:
     return f"{CACHE_FROM} type=local,src={src}"
 
 
-def check_cache_destination(dest: Path, store: Store | None = None) -> None:
+def _registry_where(flag: str, ref: Reference) -> str:
+    return f"{flag} type=registry,ref={ref}"
+
+
+def check_cache_destination(dest: Path | None, store: Store | None = None) -> None:
     """Refuse, before any work, a ``--cache-to`` directory that could not be written: a file, pybuild's own store
     (whose untagged blobs the clean-up would delete), or a directory that is neither empty nor an OCI image layout.
-    A missing directory is fine: it is created."""
+    A missing directory is fine: it is created. ``None`` (a registry's ``CacheSpec.path``) has nothing to check."""
+    if dest is None:
+        return
     where = _to_where(dest)
     if not dest.exists():
         return
@@ -222,11 +289,74 @@ def check_cache_destination(dest: Path, store: Store | None = None) -> None:
 
 @dataclass(frozen=True, slots=True)
 class _Layer:
-    """A layer as the cache directory holds it, and how big it is uncompressed."""
+    """A layer as the cache holds it, and how big it is uncompressed."""
 
     packed: Descriptor  # compressed as asked, annotated with its diff_id
     diff_id: Digest
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class CacheArtifact:
+    """A cache ready to be written anywhere: the manifest (``raw``, described by ``manifest``), the config
+    (``raw_config``, described by ``config``) and the compressed layers, whose blobs are in the store."""
+
+    manifest: Descriptor
+    raw: bytes
+    config: Descriptor
+    raw_config: bytes
+    layers: tuple[Descriptor, ...]
+
+    @property
+    def blobs(self) -> tuple[Descriptor, ...]:
+        """What the manifest refers to: the layers, then the config."""
+        return (*self.layers, self.config)
+
+
+def cache_artifact(
+    entries: Sequence[CacheEntry],
+    store: Store,
+    *,
+    compression: Compression,
+    where: str,
+    on_status: Callable[[str], None] | None = None,
+) -> CacheArtifact:
+    """The cache of ``entries`` (the first of two with one key wins): each distinct layer compressed as
+    ``compression`` into the store (once, memoised), the config and the manifest. ``where`` names the export in
+    errors."""
+    chosen = sorted({str(e.key): e for e in reversed(entries)}.values(), key=lambda e: str(e.key))  # first wins
+    layers = _compress_layers(chosen, store, compression, where, on_status)
+    positions = {diff_id: i for i, diff_id in enumerate(layers)}
+    config = canonical_json({"version": FORMAT_VERSION, "entries": [_entry_json(e, layers, positions) for e in chosen]})
+    if len(config) > MAX_CONFIG_SIZE:
+        raise BuildError(f"{where}: the cache config would be {len(config)} bytes, more than {MAX_CONFIG_SIZE}")
+    manifest = Manifest(
+        config=Descriptor(CACHE_CONFIG_TYPE, Digest.of_bytes(config), len(config)),
+        layers=tuple(layer.packed for layer in layers.values()),
+        artifact_type=CACHE_ARTIFACT_TYPE,
+    )
+    raw = manifest.encode()
+    descriptor = Descriptor(mt.OCI_MANIFEST, Digest.of_bytes(raw), len(raw), artifact_type=CACHE_ARTIFACT_TYPE)
+    return CacheArtifact(descriptor, raw, manifest.config, config, manifest.layers)
+
+
+def write_cache(
+    spec: CacheSpec,
+    entries: Sequence[CacheEntry],
+    store: Store,
+    *,
+    remote: Remote | None = None,
+    on_status: Callable[[str], None] | None = None,
+) -> Descriptor:
+    """``--cache-to``: export ``entries`` as ``spec`` says (``remote`` is the registry access a registry cache
+    needs); return the descriptor of the cache manifest. ``spec.ignore_error`` is the caller's to honour."""
+    if spec.type == "registry":
+        assert spec.ref is not None
+        if remote is None:
+            raise BuildError(f"{_registry_where(CACHE_TO, spec.ref)}: this build has no registry access")
+        return push_cache(spec.ref, entries, store, remote, compression=spec.compression, on_status=on_status)
+    assert spec.path is not None
+    return export_cache(spec.path, entries, store, compression=spec.compression, tag=spec.tag, on_status=on_status)
 
 
 def export_cache(
@@ -243,19 +373,8 @@ def export_cache(
     dest = Path(dest)
     where = _to_where(dest)
     check_cache_destination(dest, store)
-    chosen = sorted({str(e.key): e for e in reversed(entries)}.values(), key=lambda e: str(e.key))  # first wins
-    layers = _compress_layers(chosen, store, compression, where, on_status)
-    positions = {diff_id: i for i, diff_id in enumerate(layers)}
-    config = canonical_json({"version": FORMAT_VERSION, "entries": [_entry_json(e, layers, positions) for e in chosen]})
-    if len(config) > MAX_CONFIG_SIZE:
-        raise BuildError(f"{where}: the cache config would be {len(config)} bytes, more than {MAX_CONFIG_SIZE}")
-    manifest = Manifest(
-        config=Descriptor(CACHE_CONFIG_TYPE, Digest.of_bytes(config), len(config)),
-        layers=tuple(layer.packed for layer in layers.values()),
-        artifact_type=CACHE_ARTIFACT_TYPE,
-    )
-    raw = manifest.encode()
-    descriptor = Descriptor(mt.OCI_MANIFEST, Digest.of_bytes(raw), len(raw), artifact_type=CACHE_ARTIFACT_TYPE)
+    artifact = cache_artifact(entries, store, compression=compression, where=where, on_status=on_status)
+    descriptor = artifact.manifest
     created = not dest.exists()
     try:
         layout = ImageLayout.open(dest, create=True)
@@ -263,9 +382,9 @@ def export_cache(
         if on_status is not None:
             on_status(f"writing cache {descriptor.digest} into {dest}")
         with layout.locked():  # one exporter at a time: the clean-up must not delete another's new blobs
-            _copy_blobs(layout.store, store.layout.store, [layer.packed for layer in layers.values()])
-            layout.store.put_bytes(config)
-            layout.store.put_bytes(raw)
+            _copy_blobs(layout.store, store.layout.store, artifact.layers)
+            layout.store.put_bytes(artifact.raw_config)
+            layout.store.put_bytes(artifact.raw)
             index = layout.index()
             kept = tuple(d for d in index.manifests if d.ref_name != tag)
             _write_index(layout, replace(index, manifests=(*kept, descriptor.with_ref_name(tag))))
@@ -283,6 +402,44 @@ def export_cache(
     except OSError:
         pass
     return descriptor
+
+
+def push_cache(
+    ref: Reference,
+    entries: Sequence[CacheEntry],
+    store: Store,
+    remote: Remote,
+    *,
+    compression: Compression,
+    on_status: Callable[[str], None] | None = None,
+) -> Descriptor:
+    """Push the cache of ``entries`` to ``ref``'s repository under its tag: the blobs the repository lacks
+    (mounted when another repository of the registry is known to hold them, else uploaded), then the manifest.
+    Returns the descriptor of the cache manifest."""
+    from oci.transfer import push_blobs  # imports the registry client (and requests) only when a cache is pushed
+
+    where = _registry_where(CACHE_TO, ref)
+    if ref.digest is not None or not ref.tag:
+        raise UsageError(f"{where}: a cache is pushed under a tag (ref=REPO:TAG)")
+    artifact = cache_artifact(entries, store, compression=compression, where=where, on_status=on_status)
+    blobs = store.layout.store
+
+    def open_blob(desc: Descriptor) -> BinaryIO:
+        if desc.digest == artifact.config.digest:
+            return io.BytesIO(artifact.raw_config)
+        return open(blobs.path(desc.digest), "rb")  # seekable, for resumed chunks; the registry checks the digest
+
+    digests = [desc.digest for desc in artifact.blobs]
+    if on_status is not None:
+        on_status(f"pushing cache {artifact.manifest.digest} to {ref}")
+    try:
+        sources = remote.sources.repositories(ref.registry, digests)
+        push_blobs(remote.client, ref, artifact.blobs, open_blob, sources=sources, on_status=on_status)
+        remote.client.put_manifest(ref, artifact.raw, artifact.manifest.media_type)
+    except OCIError as err:
+        raise BuildError(f"{where}: {err}") from None
+    remote.sources.add(ref.registry, ref.repository, digests)
+    return artifact.manifest
 
 
 def _compress_layers(
@@ -395,63 +552,195 @@ def _drain(stream: BinaryIO) -> None:
 # ---------------------------------------------------------------------------------------------------- import
 
 
+class _Unreachable(OCIError):
+    """A registry that could not deliver a blob (after its client's retries): no cache, rather than a bad one."""
+
+
+class _Source(Protocol):
+    """Where an imported cache's blobs are read from. ``where`` names the ``--cache-from`` value in messages."""
+
+    where: str
+
+    def read(self, desc: Descriptor, limit: int) -> bytes:
+        """A document blob, verified against ``desc``; larger than ``limit`` is ``InvalidDocument``."""
+        ...
+
+    def open(self, desc: Descriptor) -> AbstractContextManager[BinaryIO]:
+        """A blob's bytes: a stream that raises ``VerificationError`` at its end if they are not ``desc``'s;
+        ``BlobNotFound`` when the blob is not there."""
+        ...
+
+    def copy(self, desc: Descriptor, blobs: ContentStore) -> None:
+        """Put the blob into ``blobs``, verified; ``BlobNotFound`` when it is not there."""
+        ...
+
+    def has(self, desc: Descriptor) -> bool:
+        """Whether the blob is there, as far as can be told without reading it."""
+        ...
+
+
+class _LayoutSource:
+    """A cache directory (``--cache-from type=local,src=DIR``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.where = _from_where(root)
+        self._blobs = ImageLayout(root).store  # no I/O until a blob is read
+
+    def read(self, desc: Descriptor, limit: int) -> bytes:
+        return _read(self._blobs, desc, limit)
+
+    def open(self, desc: Descriptor) -> AbstractContextManager[BinaryIO]:
+        return self._blobs.open(desc.digest, desc.size)
+
+    def copy(self, desc: Descriptor, blobs: ContentStore) -> None:
+        with self._blobs.open(desc.digest, desc.size) as stream:
+            blobs.put(stream, desc.digest, desc.size)
+
+    def has(self, desc: Descriptor) -> bool:
+        return self._blobs.has(desc.digest)
+
+
+class _RegistrySource:
+    """A registry repository (``--cache-from type=registry,ref=REF``). A blob is fetched only when read: into
+    ``scratch`` (the store's content store, which verifies it as it is written; the client retries a broken
+    download), read from there, and removed afterwards unless ``scratch`` already held it."""
+
+    def __init__(self, client: RegistryClient, ref: Reference, scratch: ContentStore) -> None:
+        self.ref = ref
+        self.where = _registry_where(CACHE_FROM, ref)
+        self._client = client
+        self._repository = Reference(ref.registry, ref.repository)
+        self._scratch = scratch
+
+    def read(self, desc: Descriptor, limit: int) -> bytes:
+        if desc.size > limit:
+            raise InvalidDocument(f"blob {desc.digest} is larger than {limit} bytes")
+        with self.open(desc) as stream:
+            return stream.read()
+
+    @contextmanager
+    def open(self, desc: Descriptor) -> Iterator[BinaryIO]:
+        fetched = not self._scratch.has(desc.digest)
+        if fetched:
+            self.copy(desc, self._scratch)
+        try:
+            with self._scratch.open(desc.digest, desc.size) as stream:
+                yield stream
+        finally:
+            if fetched:
+                self._scratch.delete(desc.digest)
+
+    def copy(self, desc: Descriptor, blobs: ContentStore) -> None:
+        from oci.registry import RegistryError, RegistryNotFound
+
+        try:
+            self._client.fetch_blob(self._repository, desc, blobs)
+        except RegistryNotFound:
+            where = f"{self.ref.registry}/{self.ref.repository}"
+            raise BlobNotFound(f"blob {desc.digest} not found in {where}") from None
+        except RegistryError as err:
+            raise _Unreachable(str(err)) from None
+
+    def has(self, desc: Descriptor) -> bool:
+        return True  # a registry takes a manifest only when it holds the blobs the manifest names
+
+
 class ImportedCache:
-    """The entries of one cache directory's tag, as the local index would hold them, and their layers.
+    """The entries of one imported cache, as the local index would hold them, and their layers (fetched one by one,
+    on demand: see ``fetch``).
 
     ``warning`` is a one-line message when there was nothing to load (empty otherwise)."""
 
     def __init__(
         self,
-        source: Path,
+        source: _Source,
         entries: Mapping[Digest, CacheEntry] | None = None,
         layers: Mapping[Digest, _Layer] | None = None,
         *,
         manifest: Descriptor | None = None,
         warning: str = "",
     ) -> None:
-        self.source = Path(source)
+        self.source = source
+        self.where = source.where
         self.manifest = manifest
         self.warning = warning
         self._entries = dict(entries or {})
         self._layers = dict(layers or {})
-        self._blobs = ImageLayout(self.source).store  # no I/O until a layer is fetched
-        self._where = _from_where(self.source)
+
+    @classmethod
+    def open(cls, spec: CacheSpec, remote: Remote | None = None) -> ImportedCache:
+        """The cache ``spec`` (a ``--cache-from``) names: ``load`` or ``pull``; ``remote`` is the registry access
+        a registry cache needs."""
+        if spec.type == "registry":
+            assert spec.ref is not None
+            if remote is None:
+                raise BuildError(f"{_registry_where(CACHE_FROM, spec.ref)}: this build has no registry access")
+            return cls.pull(spec.ref, remote)
+        assert spec.path is not None
+        return cls.load(spec.path, spec.tag)
 
     @classmethod
     def load(cls, src: Path, tag: str = "latest") -> ImportedCache:
-        """Read the cache tagged ``tag`` in ``src``. A missing directory or tag gives an empty cache with a warning;
-        a cache that is there but malformed or unverifiable is a ``BuildError``."""
+        """Read the cache tagged ``tag`` in the directory ``src``. A missing directory or tag gives an empty cache
+        with a warning; a cache that is there but malformed or unverifiable is a ``BuildError``."""
         src = Path(src)
-        where = _from_where(src)
+        source = _LayoutSource(src)
+        where = source.where
         if not (src / INDEX_FILE).is_file():
             reason = "it does not exist" if not src.exists() else f"it has no {INDEX_FILE}"
-            return cls(src, warning=f"{where}: no cache imported ({reason})")
+            return cls(source, warning=f"{where}: no cache imported ({reason})")
         try:
             layout = ImageLayout.open(src)
             descriptor = layout.resolve(tag)
         except LayoutError as err:
             raise BuildError(f"{where}: {err}") from None
         if descriptor is None:
-            return cls(src, warning=f"{where}: no cache imported (no tag {tag!r} in {src})")
+            return cls(source, warning=f"{where}: no cache imported (no tag {tag!r} in {src})")
+        return cls._parse(source, descriptor, None, f"tag {tag!r}")
+
+    @classmethod
+    def pull(cls, ref: Reference, remote: Remote) -> ImportedCache:
+        """Read the cache ``ref`` names in its registry: the manifest and the config only. A reference the registry
+        does not have, or a registry that cannot be reached or refuses access, gives an empty cache with a warning
+        (as in BuildKit); a cache that is there but malformed or unverifiable is a ``BuildError``."""
+        from oci.registry import RegistryError, RegistryNotFound
+
+        source = _RegistrySource(remote.client, ref, remote.store.layout.store)
+        where = source.where
         try:
-            manifest = _read_manifest(layout.store, descriptor)
+            descriptor, raw = remote.client.get_manifest(ref)
+        except RegistryNotFound:
+            return cls(source, warning=f"{where}: no cache imported ({ref} not found)")
+        except RegistryError as err:
+            return cls(source, warning=f"{where}: no cache imported ({err})")
+        try:
+            return cls._parse(source, descriptor, raw, str(ref))
+        except _Unreachable as err:  # the config could not be fetched
+            return cls(source, warning=f"{where}: no cache imported ({err})")
+
+    @classmethod
+    def _parse(cls, source: _Source, descriptor: Descriptor, raw: bytes | None, what: str) -> ImportedCache:
+        """The cache whose manifest ``descriptor`` describes (``raw``, or read from ``source``)."""
+        try:
+            manifest = _read_manifest(source, descriptor, raw)
             layers = _manifest_layers(manifest)
-            raws = _parse_config(
-                load_json_object(_read(layout.store, manifest.config, MAX_CONFIG_SIZE), "config"), layers
-            )
+            raws = _parse_config(load_json_object(source.read(manifest.config, MAX_CONFIG_SIZE), "config"), layers)
             sizes = _layer_sizes(raws, layers)
             known = {layer.digest: (layer, diff_id) for layer, diff_id in layers}
             loaded: dict[Digest, CacheEntry] = {}
-            for raw in raws:
-                if raw.entry.key in loaded:
-                    raise InvalidDocument(f"cache config: key {raw.entry.key} appears twice")
-                loaded[raw.entry.key] = _as_local(raw, known, sizes)
+            for item in raws:
+                if item.entry.key in loaded:
+                    raise InvalidDocument(f"cache config: key {item.entry.key} appears twice")
+                loaded[item.entry.key] = _as_local(item, known, sizes)
         except BlobNotFound as err:
-            raise BuildError(f"{where}: tag {tag!r}: {err}") from None
+            raise BuildError(f"{source.where}: {what}: {err}") from None
+        except _Unreachable:
+            raise
         except OCIError as err:
-            raise BuildError(f"{where}: tag {tag!r} is not a usable pybuild cache: {err}") from None
+            raise BuildError(f"{source.where}: {what} is not a usable pybuild cache: {err}") from None
         held = {diff_id: _Layer(layer, diff_id, sizes[diff_id]) for layer, diff_id in layers if diff_id in sizes}
-        return cls(src, loaded, held, manifest=descriptor)
+        return cls(source, loaded, held, manifest=descriptor)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -467,6 +756,14 @@ class ImportedCache:
         """The entries made at this stage and line, newest first (to explain a miss)."""
         return [e for e in self.entries() if e.stage == stage and e.line == line]
 
+    def available(self, entry: CacheEntry) -> bool:
+        """Whether ``entry``'s layer (if any) can be fetched, as far as can be told without fetching it: a cache
+        directory's blob is there; a registry holds every blob its manifest names."""
+        if entry.layer is None or entry.diff_id is None:
+            return True
+        layer = self._layers.get(entry.diff_id)
+        return layer is not None and self.source.has(layer.packed)
+
     def fetch(self, entry: CacheEntry, blobs: ContentStore) -> None:
         """Copy ``entry``'s layer into ``blobs`` uncompressed, as the local store keeps it: the compressed blob is
         verified against its digest as it is read, and the result against the diff_id before it is published.
@@ -475,11 +772,14 @@ class ImportedCache:
             return
         layer = self._layers.get(entry.diff_id)
         if layer is None:
-            raise BuildError(f"{self._where}: layer {entry.diff_id} is not in this cache")
+            raise BuildError(f"{self.where}: layer {entry.diff_id} is not in this cache")
         packed = layer.packed
         declared = mt.layer_compression(packed.media_type)
         try:
-            with self._blobs.open(packed.digest, packed.size) as blob:
+            if packed.digest == layer.diff_id:  # stored uncompressed: the blob is the layer
+                self.source.copy(packed, blobs)
+                return
+            with self.source.open(packed) as blob:
                 found, plain = decompress_stream(blob)
                 if found.value != declared:
                     raise CompressionError(f"it is {found.value}, but its media type says {declared}")
@@ -488,9 +788,11 @@ class ImportedCache:
                     _drain(blob)  # the compressed blob is verified against its digest once all of it is read
                     writer.commit()
         except BlobNotFound:
-            raise BuildError(f"{self._where}: blob {packed.digest} is missing") from None
+            raise BuildError(f"{self.where}: blob {packed.digest} is missing") from None
         except (VerificationError, CompressionError) as err:
-            raise BuildError(f"{self._where}: blob {packed.digest} is corrupt: {err}") from None
+            raise BuildError(f"{self.where}: blob {packed.digest} is corrupt: {err}") from None
+        except OCIError as err:  # a registry that failed (after its retries)
+            raise BuildError(f"{self.where}: blob {packed.digest}: {err}") from None
 
 
 def _read(blobs: ContentStore, desc: Descriptor, limit: int) -> bytes:
@@ -501,10 +803,12 @@ def _read(blobs: ContentStore, desc: Descriptor, limit: int) -> bytes:
         return stream.read()
 
 
-def _read_manifest(blobs: ContentStore, desc: Descriptor) -> Manifest:
+def _read_manifest(source: _Source, desc: Descriptor, raw: bytes | None) -> Manifest:
     if desc.media_type != mt.OCI_MANIFEST:
         raise InvalidDocument(f"the tag points at a {desc.media_type}, not an OCI image manifest")
-    manifest = parse_manifest(_read(blobs, desc, MAX_DOCUMENT_SIZE), desc.media_type, "cache manifest")
+    if raw is None:
+        raw = source.read(desc, MAX_DOCUMENT_SIZE)
+    manifest = parse_manifest(raw, desc.media_type, "cache manifest")
     if manifest.artifact_type != CACHE_ARTIFACT_TYPE:
         found = manifest.artifact_type or "no artifactType"
         raise InvalidDocument(f"the manifest has {found}, not {CACHE_ARTIFACT_TYPE}")

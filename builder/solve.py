@@ -12,8 +12,9 @@ either changes only the config (the plan already says how) or makes a layer:
 
 Each of those steps goes through the step cache first (docs/cache.md): its key is the digest of a record of its
 parent state, its expanded instruction and every input that can change its layer (``cachekey``, with
-``checksum`` for what a COPY selects); a hit in the index (``cache``, or a ``--cache-from`` directory) adds the
-recorded layer without running anything; the first miss of a stage is explained, runs, is recorded, and makes
+``checksum`` for what a COPY selects); a hit in the index (``cache``, or a ``--cache-from`` directory or
+registry) adds the recorded layer without running anything (an imported layer is fetched only once a step, the
+image or a cache export needs its content); the first miss of a stage is explained, runs, is recorded, and makes
 the rest of the stage run. History times come from the entries, so a fully cached rebuild gives the same image.
 
 A layer is stored uncompressed (its digest is its diff_id) so that no step waits for a compressor: outputs and
@@ -36,7 +37,7 @@ from builder import cachekey
 from builder import copy as copying
 from builder.cache import CacheEntry, CacheIndex
 from builder.cachekey import Files, Record
-from builder.cacheshare import CacheSpec, ImportedCache, export_cache
+from builder.cacheshare import CacheSpec, ImportedCache, write_cache
 from builder.checksum import Checksums, StatCache, checksum_source
 from builder.commit import rfc3339, store_image
 from builder.context import load_ignore_rules
@@ -161,6 +162,9 @@ class _Solver:
         self.stats: dict[bytes, StatCache] = {}
         self.report: list[StepReport] = []
         self.imported: list[ImportedCache] = []
+        # Hits in a --cache-from cache whose layer is not in the store: fetched when a step, the image or an export
+        # needs the layer's content (``fetch_imported``), so a stage nothing needs costs no download.
+        self.deferred: dict[Digest, tuple[ImportedCache, CacheEntry]] = {}
         self.stage_keys: dict[int, list[Digest]] = {}  # the entries each stage used or made, for --cache-to
         self._held = contextlib.ExitStack()  # the cache guard, from a layer's commit until its entry is recorded
 
@@ -256,6 +260,7 @@ class _Solver:
         return self._context_tree
 
     def view(self, rootfs: Rootfs) -> RootView:
+        self.fetch_imported(rootfs)
         return rootfs.view(self.snapshots, self.blobs)
 
     def skeleton(self) -> Path:
@@ -397,7 +402,7 @@ class _Solver:
             hostname=self.hostname,
             scripts=((step.script.name, step.script.text),) if step.script is not None else (),
         )
-        lowers = rootfs.lowers(self.snapshots, self.blobs, self.skeleton())
+        lowers = self.fetch_imported(rootfs).lowers(self.snapshots, self.blobs, self.skeleton())
         scratch = self.store.scratch_dir("run")
         try:
             status = run_container(scratch, lowers, spec, out.log, self.progress.refresh)
@@ -638,7 +643,8 @@ class _Solver:
 
     def lookup(self, key: Digest) -> CacheEntry | None:
         """The entry of ``key`` if its layer is in the store, else from a ``--cache-from`` cache (its layer is
-        then copied into the store and the entry recorded locally); a hit leases it to this build."""
+        copied into the store, and the entry recorded locally, once something needs the layer: ``fetch_imported``);
+        a hit in the store leases it to this build."""
         with self.cache.guard():
             entry = self.cache.get(key)
             if entry is not None and (entry.layer is None or self.blobs.has(entry.layer.digest)):
@@ -648,14 +654,28 @@ class _Solver:
                 found = imported.get(key)
                 if found is None:
                     continue
-                try:
-                    imported.fetch(found, self.blobs)
-                except BuildError as err:
-                    self.progress.status(f"WARNING: {err.message}")
+                if not imported.available(found):
+                    self.progress.status(f"WARNING: {imported.where}: the layer of {found.step!r} is missing")
                     continue
-                self.cache.put(found, None, self.build_id)
+                if found.layer is None or self.blobs.has(found.layer.digest):
+                    self.cache.put(found, None, self.build_id)
+                else:
+                    self.deferred.setdefault(key, (imported, found))  # recorded once its layer is fetched
                 return found
         return None
+
+    def fetch_imported(self, rootfs: Rootfs) -> Rootfs:
+        """Fetch the layers of ``rootfs`` that came from a ``--cache-from`` hit and are not in the store yet, and
+        record their entries in the store's index; a layer that cannot be fetched now fails the build."""
+        for key, (imported, entry) in list(self.deferred.items()):
+            if entry.diff_id not in rootfs.diff_ids:
+                continue
+            with self.cache.guard():
+                self.progress.status(f"importing the layer of {entry.step!r} ({entry.diff_id}) from the cache")
+                imported.fetch(entry, self.blobs)
+                self.cache.put(entry, None, self.build_id)
+            del self.deferred[key]
+        return rootfs
 
     def remember(
         self,
@@ -721,7 +741,7 @@ class _Solver:
         self.build_id = self.cache.start_build(self.dockerfile)
         try:
             for spec in self.options.cache_from:
-                imported = ImportedCache.load(spec.path, spec.tag)
+                imported = ImportedCache.open(spec, self.options.remote)
                 if imported.warning:
                     self.progress.status(f"WARNING: {imported.warning}")
                 self.imported.append(imported)
@@ -732,7 +752,7 @@ class _Solver:
             target = self.plan.stage(self.plan.target)
             result = self.results[target.index]
             self.progress.status("writing image")
-            image = store_image(self.store.layout, result.config, list(result.rootfs.layers))
+            image = store_image(self.store.layout, result.config, list(self.fetch_imported(result.rootfs).layers))
             for spec in self.options.cache_to:
                 self.export_cache(spec, target)
         except BaseException:
@@ -752,14 +772,21 @@ class _Solver:
                 if base.kind != "stage":
                     break
                 index = base.stage
-        entries = []
-        for index in stages:
-            for key in self.stage_keys.get(index, []):
-                entry = self.cache.get(key)
-                if entry is not None:
-                    entries.append(entry)
-        self.progress.status(f"exporting cache to {spec.path} ({len(entries)} entries, mode={spec.mode})")
-        export_cache(spec.path, entries, self.store, compression=spec.compression, tag=spec.tag)
+        try:
+            entries = []
+            for index in stages:
+                for key in self.stage_keys.get(index, []):
+                    if key in self.deferred:  # a hit whose layer nothing else needed: the export needs it
+                        self.fetch_imported(self.results[index].rootfs)
+                    entry = self.cache.get(key)
+                    if entry is not None:
+                        entries.append(entry)
+            self.progress.status(f"exporting cache to {spec.location} ({len(entries)} entries, mode={spec.mode})")
+            write_cache(spec, entries, self.store, remote=self.options.remote, on_status=self.progress.status)
+        except BuildError as err:
+            if not spec.ignore_error:
+                raise
+            self.progress.status(f"WARNING: {err.message} (ignore-error=true: the build goes on)")
 
     def release(self) -> None:
         """End the build in the cache: keep what the stat caches learnt and the report, drop the leases. The

@@ -1,9 +1,11 @@
-"""The portable cache directory: option parsing, export → load → get → fetch, clean-up, and refusing bad caches."""
+"""The portable cache, in a directory or a registry: option parsing, export → load → get → fetch, push → pull →
+fetch (lazily, counted on a fake registry), clean-up, and refusing bad caches."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import subprocess
 from collections.abc import Callable
@@ -13,6 +15,8 @@ from typing import Any
 
 import pytest
 from conftest import require_tool
+from fakeregistry import FakeRegistry, Fault
+from registryserver import RegistryServer
 
 import builder.compressed
 from builder.cache import CacheEntry
@@ -24,8 +28,11 @@ from builder.cacheshare import (
     ImportedCache,
     export_cache,
     parse_cache_option,
+    push_cache,
+    write_cache,
 )
 from builder.errors import BuildError, UsageError
+from builder.remote import RegistrySettings, Remote
 from builder.root import Store, open_store
 from oci import mediatypes as mt
 from oci.compression import Compression
@@ -33,6 +40,7 @@ from oci.descriptor import Descriptor
 from oci.digest import Digest
 from oci.layer import LayerItem, write_layer
 from oci.layout import ImageLayout
+from oci.reference import Reference
 from oci.tarformat import EntryType, TarEntry
 
 KINDS = [Compression.NONE, Compression.GZIP, Compression.ZSTD]
@@ -84,7 +92,8 @@ def test_buildkit_attributes_that_change_nothing_are_accepted() -> None:
         ("--cache-to", "type=local,dest=c,tag=a/b", "--cache-to type=local: tag='a/b' is not a valid tag"),
         ("--cache-from", "type=local,src=c,tag=", "tag='' is not a valid tag"),
         ("--cache-to", "type=local,dest=c,compression-level=9", "compression-level is not supported by pybuild"),
-        ("--cache-to", "type=local,dest=c,ignore-error=true", "ignore-error is not supported by pybuild"),
+        ("--cache-to", "type=local,dest=c,ignore-error=maybe", "ignore-error='maybe' is not a boolean"),
+        ("--cache-from", "type=local,src=c,ignore-error=true", "ignore-error is an attribute of --cache-to"),
         ("--cache-from", "type=local,src=c,digest=sha256:ab", "digest is not supported by pybuild"),
         ("--cache-to", "type=local,dest=c,oci-mediatypes=false", "oci-mediatypes=false is not supported"),
         ("--cache-to", "type=local,dest=c,image-manifest=no", "image-manifest='no' is not a boolean"),
@@ -99,7 +108,7 @@ def test_bad_options_are_usage_errors_naming_the_flag(flag: str, text: str, mess
     assert caught.value.exit_code == 2
 
 
-@pytest.mark.parametrize("kind", ["registry", "inline", "gha", "s3", "azblob"])
+@pytest.mark.parametrize("kind", ["inline", "gha", "s3", "azblob"])
 @pytest.mark.parametrize("flag", ["--cache-to", "--cache-from"])
 def test_other_cache_types_are_not_supported_yet(flag: str, kind: str) -> None:
     with pytest.raises(BuildError) as caught:
@@ -109,10 +118,88 @@ def test_other_cache_types_are_not_supported_yet(flag: str, kind: str) -> None:
     assert str(caught.value) == f"{flag} type={kind} is not supported yet"
 
 
-def test_a_bare_value_is_a_registry_reference_as_in_buildx() -> None:
-    with pytest.raises(BuildError, match=r"^--cache-from type=registry is not supported yet$") as caught:
-        parse_cache_option("registry.example/app:cache", "--cache-from")
-    assert caught.value.exit_code == 1
+def test_ignore_error_is_a_cache_to_boolean() -> None:
+    assert parse_cache_option("type=local,dest=c", "--cache-to").ignore_error is False
+    assert parse_cache_option("type=local,dest=c,ignore-error=true", "--cache-to").ignore_error is True
+    assert parse_cache_option("type=registry,ref=r.example/a,ignore-error=1", "--cache-to").ignore_error is True
+    assert parse_cache_option("type=registry,ref=r.example/a,ignore-error=false", "--cache-to").ignore_error is False
+
+
+def test_registry_takes_ref_mode_and_compression() -> None:
+    spec = parse_cache_option(
+        "type=registry,ref=registry.example:5000/team/app:cache,mode=max,compression=zstd", "--cache-to"
+    )
+    assert spec == CacheSpec(
+        "registry",
+        None,
+        "max",
+        Compression.ZSTD,
+        ref=Reference("registry.example:5000", "team/app", "cache"),
+    )
+    assert spec.location == "registry.example:5000/team/app:cache"
+    spec = parse_cache_option("type=registry,ref=registry.example/app:cache", "--cache-from")
+    assert (spec.type, spec.path, str(spec.ref)) == ("registry", None, "registry.example/app:cache")
+
+
+def test_registry_references_are_normalised_as_docker_does() -> None:
+    assert str(parse_cache_option("type=registry,ref=user/app", "--cache-to").ref) == "docker.io/user/app:latest"
+    digest = "sha256:" + "ab" * 32
+    spec = parse_cache_option(f"type=registry,ref=registry.example/app@{digest}", "--cache-from")
+    assert spec.ref is not None and str(spec.ref.digest) == digest
+
+
+@pytest.mark.parametrize("flag", ["--cache-to", "--cache-from"])
+def test_a_bare_value_is_a_registry_reference_as_in_buildx(flag: str) -> None:
+    spec = parse_cache_option("registry.example/app:cache", flag)
+    assert spec == parse_cache_option("type=registry,ref=registry.example/app:cache", flag)
+    assert spec.type == "registry" and spec.mode == "min"
+
+
+@pytest.mark.parametrize(
+    ("flag", "text", "message"),
+    [
+        ("--cache-from", "a.example/x:1,b.example/y:2", "one registry reference per --cache-from"),
+        (
+            "--cache-to",
+            "type=registry",
+            "--cache-to type=registry: ref is required (e.g. --cache-to type=registry,ref=",
+        ),
+        ("--cache-from", "type=registry,ref=", "--cache-from type=registry: ref is required"),
+        ("--cache-from", "ref=registry.example/app", "type is required (e.g. type=registry,ref=REPO:TAG)"),
+        ("--cache-to", "type=registry,ref=Registry.example/App:x", "--cache-to type=registry: invalid"),
+        (
+            "--cache-to",
+            f"type=registry,ref=r.example/a@sha256:{'ab' * 32}",
+            "names a digest; a cache is pushed under a tag",
+        ),
+        ("--cache-to", "type=registry,ref=r.example/a,tag=v1", "tag is an attribute of type=local, not type=registry"),
+        ("--cache-to", "type=registry,ref=r.example/a,dest=d", "dest is an attribute of type=local, not type=registry"),
+        ("--cache-to", "type=local,dest=d,ref=r.example/a", "ref is an attribute of type=registry, not type=local"),
+        ("--cache-from", "type=registry,ref=r.example/a,mode=max", "mode is an attribute of --cache-to"),
+        ("--cache-from", "type=registry,ref=r.example/a,src=d", "src is an attribute of type=local, not type=registry"),
+        ("--cache-to", "type=registry,ref=r.example/a,compression-level=3", "compression-level is not supported"),
+        ("--cache-to", "type=registry,ref=r.example/a,image-manifest=false", "image-manifest=false is not supported"),
+        ("--cache-to", "type=registry,ref=r.example/a,reff=x", "unknown attribute 'reff' (did you mean ref?)"),
+    ],
+)
+def test_bad_registry_options_are_usage_errors(flag: str, text: str, message: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_cache_option(text, flag)
+    assert message in str(caught.value)
+    assert str(caught.value).startswith(flag)
+
+
+def test_a_registry_tag_attribute_says_where_the_tag_goes() -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_cache_option("type=registry,ref=r.example/a,tag=v1", "--cache-to")
+    assert "ref=REPO:TAG" in caught.value.hint
+
+
+def test_buildkit_attributes_that_change_nothing_are_accepted_for_a_registry() -> None:
+    spec = parse_cache_option(
+        "type=registry,ref=r.example/a,oci-mediatypes=true,image-manifest=true,force-compression=true", "--cache-to"
+    )
+    assert str(spec.ref) == "r.example/a:latest"
 
 
 # ------------------------------------------------------------------------------------------------ entries
@@ -601,3 +688,275 @@ def test_oci_image_tool_validates_the_index_and_the_manifest(built: Built, store
         run = subprocess.run([tool, "validate", "--type", kind, str(path)], capture_output=True, text=True)
         assert run.returncode == 0, run.stdout + run.stderr
         assert "Validation succeeded" in run.stdout + run.stderr
+
+
+# ------------------------------------------------------------------------------------------------ registries
+
+
+def _remote(store: Store, retries: int = 0) -> Remote:
+    return Remote(store, RegistrySettings(retries=retries, backoff=0.0), os.environ)
+
+
+def _ref(registry: FakeRegistry, name: str = "cache:app") -> Reference:
+    return Reference.parse(f"{registry.host}/{name}")
+
+
+def _gets(registry: FakeRegistry, kind: str = r".*") -> list[str]:
+    """The paths of the GET requests made so far (``kind``: ``manifests`` or ``blobs``)."""
+    return [r.path for r in registry.requests_to(rf"/v2/.+/{kind}/.+", "GET")]
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.value)
+def test_a_pushed_cache_is_the_artifact_a_directory_holds(
+    built: Built, store: Store, tmp_path: Path, fake_registry: FakeRegistry, kind: Compression
+) -> None:
+    directory = tmp_path / "cache"
+    local = export_cache(directory, built.all, store, compression=kind)
+    pushed = push_cache(_ref(fake_registry), built.all, store, _remote(store), compression=kind)
+    assert pushed == local
+    stored = fake_registry.get_manifest("cache", "app")
+    assert stored is not None and stored.media_type == mt.OCI_MANIFEST
+    layout = ImageLayout(directory).store
+    assert stored.raw == layout.read(local.digest)
+    _, manifest, _ = _manifest(directory)
+    for desc in (manifest["config"], *manifest["layers"]):
+        assert fake_registry.blobs["cache"][desc["digest"]] == layout.read(Digest.parse(desc["digest"]))
+    assert len(fake_registry.blobs["cache"]) == 3  # two layers and the config: nothing else
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.value)
+def test_a_registry_cache_loads_the_records_only_and_fetches_a_layer_when_asked(
+    built: Built, store: Store, tmp_path: Path, fake_registry: FakeRegistry, kind: Compression
+) -> None:
+    ref = _ref(fake_registry)
+    desc = push_cache(ref, built.all, store, _remote(store), compression=kind)
+    other = open_store(tmp_path / "other")
+    fake_registry.requests.clear()
+
+    cache = ImportedCache.pull(ref, _remote(other))
+    assert cache.warning == "" and cache.manifest is not None and cache.manifest.digest == desc.digest
+    assert _gets(fake_registry) == ["/v2/cache/manifests/app", f"/v2/cache/blobs/{desc_config(fake_registry)}"]
+    for entry in built.all:
+        assert cache.get(entry.key) == _imported(entry)
+    assert cache.candidates("build", 2) == [_imported(built.run), _imported(built.older)]
+    assert list(other.layout.store) == []  # the config went through the store and is gone
+
+    cache.fetch(built.copy, other.layout.store)
+    assert len(_gets(fake_registry, "blobs")) == 2  # the config, then this one layer
+    assert other.layout.store.read(built.layers[2].digest) == built.tars[2]
+    assert list(other.layout.store) == [built.layers[2].digest]  # uncompressed only: the download is removed
+    assert not any(other.layout.store.ingest_dir.iterdir())
+    cache.fetch(built.copy, other.layout.store)
+    cache.fetch(built.env, other.layout.store)  # no layer
+    assert len(_gets(fake_registry, "blobs")) == 2  # the store has it: nothing fetched again
+    cache.fetch(built.run, other.layout.store)
+    assert other.layout.store.read(built.layers[1].digest) == built.tars[1]
+    assert sorted(other.layout.store) == sorted(layer.digest for layer in built.layers.values())
+
+
+def desc_config(registry: FakeRegistry) -> str:
+    stored = registry.get_manifest("cache", "app")
+    assert stored is not None
+    return str(json.loads(stored.raw)["config"]["digest"])
+
+
+def test_a_compressed_copy_the_store_has_is_used_and_kept(
+    built: Built, store: Store, fake_registry: FakeRegistry
+) -> None:
+    ref = _ref(fake_registry)
+    push_cache(ref, built.all, store, _remote(store), compression=Compression.GZIP)
+    store.layout.store.delete(built.layers[1].digest)  # the gzip copy stays, memoised by the push
+    cache = ImportedCache.pull(ref, _remote(store))
+    fake_registry.requests.clear()
+    cache.fetch(built.run, store.layout.store)
+    assert _gets(fake_registry) == []
+    assert store.layout.store.read(built.layers[1].digest) == built.tars[1]
+    stored = json.loads(fake_registry.get_manifest("cache", "app").raw)  # type: ignore[union-attr]
+    assert all(store.layout.store.has(Digest.parse(layer["digest"])) for layer in stored["layers"])
+
+
+def test_a_second_push_uploads_nothing_and_another_repository_mounts(
+    built: Built, store: Store, fake_registry: FakeRegistry
+) -> None:
+    remote = _remote(store)
+    push_cache(_ref(fake_registry), built.all, store, remote, compression=Compression.ZSTD)
+    uploads = fake_registry.requests_to(r"/v2/cache/blobs/uploads/?", "POST")
+    assert len(uploads) == 3
+    fake_registry.requests.clear()
+    push_cache(_ref(fake_registry, "cache:again"), built.all, store, remote, compression=Compression.ZSTD)
+    assert fake_registry.requests_to(r"/v2/.+/blobs/uploads/.*") == []  # every blob was there
+    assert fake_registry.get_manifest("cache", "again") == fake_registry.get_manifest("cache", "app")
+    push_cache(_ref(fake_registry, "elsewhere:x"), built.all, store, remote, compression=Compression.ZSTD)
+    posts = fake_registry.requests_to(r"/v2/elsewhere/blobs/uploads/?", "POST")
+    assert len(posts) == 3 and all(p.param("from") == "cache" for p in posts)  # mounted, not uploaded
+    assert fake_registry.requests_to(r"/v2/elsewhere/blobs/uploads/.+", "PUT") == []
+
+
+def test_the_manifest_goes_last(built: Built, store: Store, fake_registry: FakeRegistry) -> None:
+    push_cache(_ref(fake_registry), built.all, store, _remote(store), compression=Compression.GZIP)
+    writes = [r for r in fake_registry.requests if r.method in ("PUT", "POST", "PATCH")]
+    assert writes[-1].path == "/v2/cache/manifests/app" and writes[-1].method == "PUT"
+    assert all("/manifests/" not in r.path for r in writes[:-1])
+
+
+def test_a_failed_push_is_a_build_error_naming_the_cache(
+    built: Built, store: Store, fake_registry: FakeRegistry
+) -> None:
+    fake_registry.faults.append(Fault("PUT", r"/v2/cache/manifests/.*", "status", status=403, times=None))
+    with pytest.raises(BuildError) as caught:
+        push_cache(_ref(fake_registry), built.all, store, _remote(store), compression=Compression.GZIP)
+    message = str(caught.value)
+    assert message.startswith(f"--cache-to type=registry,ref={fake_registry.host}/cache:app: ")
+    assert "403" in message and "\n" not in message
+    assert fake_registry.get_manifest("cache", "app") is None
+
+
+def test_write_cache_and_open_follow_the_spec(
+    built: Built, store: Store, tmp_path: Path, fake_registry: FakeRegistry
+) -> None:
+    remote = _remote(store)
+    to = parse_cache_option(f"type=registry,ref={fake_registry.host}/cache:app,compression=zstd", "--cache-to")
+    desc = write_cache(to, built.all, store, remote=remote)
+    cache = ImportedCache.open(parse_cache_option(f"{fake_registry.host}/cache:app", "--cache-from"), remote)
+    assert cache.manifest is not None and cache.manifest.digest == desc.digest and len(cache) == 4
+    local = write_cache(parse_cache_option(f"type=local,dest={tmp_path / 'c'}", "--cache-to"), built.all, store)
+    loaded = ImportedCache.open(parse_cache_option(f"type=local,src={tmp_path / 'c'}", "--cache-from"))
+    assert loaded.manifest == local.with_ref_name("latest")
+    with pytest.raises(BuildError, match="this build has no registry access"):
+        write_cache(to, built.all, store)
+    with pytest.raises(BuildError, match="this build has no registry access"):
+        ImportedCache.open(parse_cache_option(f"{fake_registry.host}/cache:app", "--cache-from"))
+
+
+def test_a_missing_reference_is_an_empty_cache_with_a_warning(
+    built: Built, store: Store, fake_registry: FakeRegistry
+) -> None:
+    missing = ImportedCache.pull(_ref(fake_registry, "nothing:here"), _remote(store))
+    where = f"--cache-from type=registry,ref={fake_registry.host}/nothing:here"
+    assert missing.warning == f"{where}: no cache imported ({fake_registry.host}/nothing:here not found)"
+    assert len(missing) == 0 and missing.get(built.run.key) is None
+    push_cache(_ref(fake_registry), built.all, store, _remote(store), compression=Compression.GZIP)
+    untagged = ImportedCache.pull(_ref(fake_registry, "cache:other"), _remote(store))
+    assert untagged.warning.endswith("not found)") and len(untagged) == 0
+
+
+def test_a_registry_that_fails_is_an_empty_cache_with_a_warning(
+    built: Built, store: Store, fake_registry: FakeRegistry
+) -> None:
+    push_cache(_ref(fake_registry), built.all, store, _remote(store), compression=Compression.GZIP)
+    fake_registry.faults.append(Fault("GET", r"/v2/cache/manifests/app", "status", status=401, times=1))
+    denied = ImportedCache.pull(_ref(fake_registry), _remote(store))
+    assert "no cache imported" in denied.warning and "401" in denied.warning and len(denied) == 0
+    fake_registry.faults.append(Fault("GET", r"/v2/cache/blobs/.*", "status", status=503, times=None))
+    unavailable = ImportedCache.pull(_ref(fake_registry), _remote(store))
+    assert "no cache imported" in unavailable.warning and "503" in unavailable.warning
+
+
+def test_a_transient_fault_is_retried(built: Built, store: Store, tmp_path: Path, fake_registry: FakeRegistry) -> None:
+    ref = _ref(fake_registry)
+    push_cache(ref, built.all, store, _remote(store), compression=Compression.GZIP)
+    other = open_store(tmp_path / "other")
+    fake_registry.faults.append(Fault("GET", r"/v2/cache/blobs/.*", "truncate", times=2))
+    cache = ImportedCache.pull(ref, _remote(other, retries=2))
+    cache.fetch(built.copy, other.layout.store)
+    assert other.layout.store.read(built.layers[2].digest) == built.tars[2]
+
+
+def test_a_corrupt_layer_from_a_registry_is_refused_and_nothing_is_stored(
+    built: Built, store: Store, tmp_path: Path, fake_registry: FakeRegistry
+) -> None:
+    ref = _ref(fake_registry)
+    push_cache(ref, built.all, store, _remote(store), compression=Compression.GZIP)
+    other = open_store(tmp_path / "other")
+    cache = ImportedCache.pull(ref, _remote(other))
+    fake_registry.faults.append(Fault("GET", r"/v2/cache/blobs/.*", "corrupt", times=None))
+    with pytest.raises(BuildError) as caught:
+        cache.fetch(built.run, other.layout.store)
+    assert str(caught.value).startswith(f"--cache-from type=registry,ref={ref}: blob sha256:")
+    assert list(other.layout.store) == [] and not any(other.layout.store.ingest_dir.iterdir())
+
+
+def test_a_layer_whose_content_is_not_its_diff_id_is_refused(
+    built: Built, store: Store, tmp_path: Path, fake_registry: FakeRegistry
+) -> None:
+    """A registry verifies digests, not diff_ids: a manifest whose annotation lies is caught on the way in."""
+    ref = _ref(fake_registry)
+    push_cache(ref, [built.run], store, _remote(store), compression=Compression.GZIP)
+    stored = json.loads(fake_registry.get_manifest("cache", "app").raw)  # type: ignore[union-attr]
+    config = json.loads(fake_registry.blobs["cache"][stored["config"]["digest"]])
+    wrong = str(built.layers[2].digest)
+    stored["layers"][0]["annotations"][DIFF_ID_ANNOTATION] = wrong
+    for entry in config["entries"]:
+        entry["diff_id"] = wrong if entry["layer"] is not None else None
+    raw_config = json.dumps(config).encode()
+    stored["config"] = {
+        **stored["config"],
+        "digest": fake_registry.put_blob("cache", raw_config),
+        "size": len(raw_config),
+    }
+    fake_registry.put_manifest("cache", "app", json.dumps(stored).encode())
+    other = open_store(tmp_path / "other")
+    cache = ImportedCache.pull(ref, _remote(other))
+    entry = cache.get(built.run.key)
+    assert entry is not None and entry.diff_id == built.layers[2].digest
+    with pytest.raises(BuildError, match="is corrupt"):
+        cache.fetch(entry, other.layout.store)
+    assert list(other.layout.store) == []
+
+
+def test_a_blob_the_registry_lost_is_missing(
+    built: Built, store: Store, tmp_path: Path, fake_registry: FakeRegistry
+) -> None:
+    ref = _ref(fake_registry)
+    push_cache(ref, built.all, store, _remote(store), compression=Compression.GZIP)
+    cache = ImportedCache.pull(ref, _remote(open_store(tmp_path / "other")))
+    stored = json.loads(fake_registry.get_manifest("cache", "app").raw)  # type: ignore[union-attr]
+    for layer in stored["layers"]:
+        del fake_registry.blobs["cache"][layer["digest"]]
+    with pytest.raises(BuildError) as caught:
+        cache.fetch(built.copy, open_store(tmp_path / "other").layout.store)
+    assert str(caught.value).endswith(" is missing")
+    del fake_registry.blobs["cache"][stored["config"]["digest"]]
+    with pytest.raises(BuildError, match=r"not found in 127\.0\.0\.1"):
+        ImportedCache.pull(ref, _remote(store))
+
+
+def test_an_image_under_the_reference_is_refused(built: Built, store: Store, fake_registry: FakeRegistry) -> None:
+    config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+    digest = fake_registry.put_blob("cache", config)
+    image = {
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_MANIFEST,
+        "config": {"mediaType": mt.OCI_CONFIG, "digest": digest, "size": len(config)},
+        "layers": [],
+    }
+    fake_registry.put_manifest("cache", "app", json.dumps(image).encode())
+    with pytest.raises(BuildError) as caught:
+        ImportedCache.pull(_ref(fake_registry), _remote(store))
+    assert str(caught.value) == (
+        f"--cache-from type=registry,ref={fake_registry.host}/cache:app: {fake_registry.host}/cache:app is not a "
+        f"usable pybuild cache: the manifest has no artifactType, not {CACHE_ARTIFACT_TYPE}"
+    )
+
+
+def test_skopeo_copies_a_pushed_cache_into_a_directory_that_imports_the_same(
+    built: Built, store: Store, tmp_path: Path, registry: RegistryServer
+) -> None:
+    """Against distribution itself: it takes the artifact, and skopeo moves it back into a cache directory."""
+    skopeo = require_tool("skopeo")
+    ref = Reference.parse(f"{registry.host}/team/cache:v1")
+    desc = push_cache(ref, built.all, store, _remote(store), compression=Compression.ZSTD)
+    pulled = ImportedCache.pull(ref, _remote(open_store(tmp_path / "other")))
+    assert pulled.manifest is not None and pulled.manifest.digest == desc.digest
+    copy = tmp_path / "copy"
+    run = subprocess.run(
+        [skopeo, "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", f"oci:{copy}:v1"], capture_output=True
+    )
+    assert run.returncode == 0, run.stderr
+    loaded = ImportedCache.load(copy, tag="v1")
+    assert loaded.manifest is not None and loaded.manifest.digest == desc.digest
+    for entry in built.all:
+        assert loaded.get(entry.key) == pulled.get(entry.key) == _imported(entry)
+    other = open_store(tmp_path / "third")
+    pulled.fetch(built.copy, other.layout.store)
+    assert other.layout.store.read(built.layers[2].digest) == built.tars[2]

@@ -68,6 +68,7 @@ from builder.cache import CacheEntry
 from builder.compressed import CompressedLayers
 from builder.errors import BuildError, UsageError
 from builder.root import Store
+from builder.snapshot import remove_dir
 from oci import mediatypes as mt
 from oci.canonical import MAX_DOCUMENT_SIZE, canonical_json, load_json_object
 from oci.compression import Compression, decompress_stream
@@ -602,16 +603,16 @@ class _LayoutSource:
 
 
 class _RegistrySource:
-    """A registry repository (``--cache-from type=registry,ref=REF``). A blob is fetched only when read: into
-    ``scratch`` (the store's content store, which verifies it as it is written; the client retries a broken
-    download), read from there, and removed afterwards unless ``scratch`` already held it."""
+    """A registry repository (``--cache-from type=registry,ref=REF``). A blob is fetched only when read: into a
+    private scratch directory of the store (a content store of its own, which verifies it as it is written; the
+    client retries a broken download), read from there, and removed with the directory afterwards."""
 
-    def __init__(self, client: RegistryClient, ref: Reference, scratch: ContentStore) -> None:
+    def __init__(self, client: RegistryClient, ref: Reference, store: Store) -> None:
         self.ref = ref
         self.where = _registry_where(CACHE_FROM, ref)
         self._client = client
         self._repository = Reference(ref.registry, ref.repository)
-        self._scratch = scratch
+        self._store = store
 
     def read(self, desc: Descriptor, limit: int) -> bytes:
         if desc.size > limit:
@@ -621,15 +622,20 @@ class _RegistrySource:
 
     @contextmanager
     def open(self, desc: Descriptor) -> Iterator[BinaryIO]:
-        fetched = not self._scratch.has(desc.digest)
-        if fetched:
-            self.copy(desc, self._scratch)
+        if self._store.layout.store.has(desc.digest):  # the store holds the compressed blob already: read it there
+            with self._store.layout.store.open(desc.digest, desc.size) as stream:
+                yield stream
+            return
+        # Fetched into a private directory, never into the store's blobs: removing it afterwards must not race with
+        # another command that starts to use (or names) the same blob in the store.
+        scratch_dir = self._store.scratch_dir("cache-blob")
         try:
-            with self._scratch.open(desc.digest, desc.size) as stream:
+            scratch = ContentStore(scratch_dir / "blobs", scratch_dir / "ingest")
+            self.copy(desc, scratch)
+            with scratch.open(desc.digest, desc.size) as stream:
                 yield stream
         finally:
-            if fetched:
-                self._scratch.delete(desc.digest)
+            remove_dir(scratch_dir)
 
     def copy(self, desc: Descriptor, blobs: ContentStore) -> None:
         from oci.registry import RegistryError, RegistryNotFound
@@ -706,7 +712,7 @@ class ImportedCache:
         (as in BuildKit); a cache that is there but malformed or unverifiable is a ``BuildError``."""
         from oci.registry import RegistryError, RegistryNotFound
 
-        source = _RegistrySource(remote.client, ref, remote.store.layout.store)
+        source = _RegistrySource(remote.client, ref, remote.store)
         where = source.where
         try:
             descriptor, raw = remote.client.get_manifest(ref)

@@ -909,15 +909,15 @@ def _build_parser() -> _Parser:
         "--cache-from",
         action="append",
         default=[],
-        metavar="type=local,src=DIR[,tag=TAG]",
-        help="also look for cached steps in this exported cache (repeatable)",
+        metavar="type=local,src=DIR|type=registry,ref=REF",
+        help="also look for cached steps in this exported cache: a directory, or a registry (fetched lazily)",
     )
     p.add_argument(
         "--cache-to",
         action="append",
         default=[],
-        metavar="type=local,dest=DIR[,mode=min|max]",
-        help="export the build's cached steps to DIR (mode=min: the image's layers; max: every stage's)",
+        metavar="type=local,dest=DIR|type=registry,ref=REF[,mode=min|max]",
+        help="export the build's cached steps to a directory or a registry (mode=min: the image's; max: every stage's)",
     )
     p.add_argument(
         "--no-cache-filter",

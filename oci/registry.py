@@ -216,22 +216,6 @@ class RegistryClient:
             raise RegistryError(str(err), **_named(target)) from None
         return Descriptor(document.media_type or media_type or mt.OCI_MANIFEST, digest, len(raw)), raw
 
-    def head_manifest(self, ref: Reference) -> Descriptor | None:
-        """The descriptor of ``ref`` from a HEAD request, or None when the registry has no such manifest."""
-        target = _Target(ref.registry, ref.repository, str(ref.digest) if ref.digest else ref.tag)
-        try:
-            with self._request(
-                "HEAD", target, f"manifests/{target.reference}", headers={"Accept": MANIFEST_ACCEPT}
-            ) as response:
-                header = response.headers.get("Docker-Content-Digest", "")
-                size = int(response.headers.get("Content-Length", "0") or 0)
-                media_type = _content_type(response)
-        except RegistryNotFound:
-            return None
-        if not header.startswith("sha256:") or not (mt.is_manifest(media_type) or mt.is_index(media_type)):
-            return None  # the registry does not say; the caller GETs it instead
-        return Descriptor(media_type, Digest.parse(header), size)
-
     def put_manifest(self, ref: Reference, raw: bytes, media_type: str) -> Digest:
         reference = str(ref.digest) if ref.digest else ref.tag
         target = _Target(ref.registry, ref.repository, reference)
@@ -246,16 +230,6 @@ class RegistryClient:
         ):
             pass
         return Digest.of_bytes(raw)
-
-    def list_tags(self, ref: Reference) -> list[str]:
-        target = _Target(ref.registry, ref.repository)
-        with self._request("GET", target, "tags/list", stream=True) as response:
-            raw = _read_capped(response, MAX_DOCUMENT_SIZE, target)
-        try:
-            tags = json.loads(raw).get("tags") or []
-        except (ValueError, AttributeError):
-            raise RegistryError("the tag list is not JSON", **_named(target)) from None
-        return [t for t in tags if isinstance(t, str)]
 
     # --- blobs
 

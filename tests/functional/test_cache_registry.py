@@ -111,6 +111,8 @@ def test_an_empty_store_hits_every_step_from_a_registry_cache_and_fetches_only_w
     second = build(tmp_path / "B", ctx, "--cache-from", f"type=registry,ref={cache}", "-o", f"type=local,dest={out}")
     assert len(second.steps) == 6 and all(s == "CACHED" for s in second.steps.values()), second.steps
     assert second.image == first.image
+    manifests = [json.loads(run_pybuild("--root", str(tmp_path / r), "inspect", first.image).out) for r in "AB"]
+    assert manifests[0][0]["Digest"] == manifests[1][0]["Digest"]  # the same image digest, not only the same ID
 
     # What B holds: the image's layers (uncompressed, as a store keeps them), none of the builder stage's, and no
     # compressed copy of anything in the cache (each went through the store and was removed once unpacked).

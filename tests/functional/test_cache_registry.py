@@ -103,15 +103,16 @@ def test_an_empty_store_hits_every_step_from_a_registry_cache_and_fetches_only_w
     push_base(registry.host)
     ctx = write_context(tmp_path / "ctx", DOCKERFILE.format(registry=registry.host), {"app.txt": "app\n"})
     cache = f"{registry.host}/cache:app"
-    first = build(tmp_path / "A", ctx, "--cache-to", f"type=registry,ref={cache},mode=max")
+    first = build(tmp_path / "A", ctx, "-t", "app", "--cache-to", f"type=registry,ref={cache},mode=max")
     assert first.steps and all(state != "CACHED" for state in first.steps.values()), first.steps
     assert f"exporting cache to {cache}" in first.result.err
 
     out = tmp_path / "B-rootfs"
-    second = build(tmp_path / "B", ctx, "--cache-from", f"type=registry,ref={cache}", "-o", f"type=local,dest={out}")
+    from_cache = ("--cache-from", f"type=registry,ref={cache}")
+    second = build(tmp_path / "B", ctx, "-t", "app", *from_cache, "-o", f"type=local,dest={out}")
     assert len(second.steps) == 6 and all(s == "CACHED" for s in second.steps.values()), second.steps
     assert second.image == first.image
-    manifests = [json.loads(run_pybuild("--root", str(tmp_path / r), "inspect", first.image).out) for r in "AB"]
+    manifests = [json.loads(run_pybuild("--root", str(tmp_path / r), "inspect", "app").out) for r in "AB"]
     assert manifests[0][0]["Digest"] == manifests[1][0]["Digest"]  # the same image digest, not only the same ID
 
     # What B holds: the image's layers (uncompressed, as a store keeps them), none of the builder stage's, and no

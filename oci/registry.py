@@ -418,26 +418,24 @@ class RegistryClient:
             ([repository_scope(target.repository, ["pull", "push"] if push else ["pull"])] if target.repository else [])
             + list(extra_scopes)
         )
-        tries = 1 + (self.options.retries if attempts is None else attempts - 1)
+        retries = self.options.retries if attempts is None else attempts - 1
         reauthorised = False
-        failure = 0
         while True:
             request_headers = {"User-Agent": self.options.user_agent, **(headers or {})}
             authorization = self._authorization(target, host, scopes)
             try:
-                response = self._send(method, url, host_name, request_headers, authorization, body, stream)
+                response = self._with_retries(
+                    lambda h=request_headers, a=authorization: self._send(method, url, host_name, h, a, body, stream),
+                    retries,
+                )
             except (requests.ConnectionError, requests.Timeout) as err:
-                failure += 1
-                if failure >= tries:
-                    raise RegistryError(
-                        f"connection failed after {failure} attempts: {_reason(err)}",
-                        retryable=True,
-                        method=method,
-                        url=_redact(url),
-                        **_named(target),
-                    ) from None
-                self._sleep(self._delay(failure, None))
-                continue
+                raise RegistryError(
+                    f"connection failed after {retries + 1} attempts: {_reason(err)}",
+                    retryable=True,
+                    method=method,
+                    url=_redact(url),
+                    **_named(target),
+                ) from None
             if response.status_code == 401 and not reauthorised:
                 challenge = next(iter(parse_challenges(response.headers.get("WWW-Authenticate", ""))), None)
                 response.close()
@@ -449,14 +447,6 @@ class RegistryClient:
                 if challenge is not None and challenge.scheme == "bearer" and host.challenge is None:
                     host.challenge = challenge  # anonymous tokens still need asking for
                     reauthorised = True
-                    continue
-                raise self._error(response, method, url, target)
-            if response.status_code in _RETRY_STATUS:
-                failure += 1
-                if failure < tries:
-                    retry_after = response.headers.get("Retry-After")
-                    response.close()
-                    self._sleep(self._delay(failure, retry_after))
                     continue
                 raise self._error(response, method, url, target)
             if response.status_code not in expect:
@@ -514,6 +504,33 @@ class RegistryClient:
             headers = {k: v for k, v in headers.items() if k.lower() != "range" or same_origin}
         raise requests.ConnectionError(f"more than {_MAX_REDIRECTS} redirects")
 
+    def _with_retries(
+        self,
+        send: Callable[[], requests.Response],
+        retries: int,
+        *,
+        retry_error: Callable[[Exception], bool] = lambda err: True,
+    ) -> requests.Response:
+        """``send()``, again after a connection error or timeout (when ``retry_error`` says so) and after 408, 429
+        and 5xx answers, with doubling backoff; the last answer is returned, the last error raised."""
+        failure = 0
+        while True:
+            try:
+                response = send()
+            except (requests.ConnectionError, requests.Timeout) as err:
+                failure += 1
+                if failure > retries or not retry_error(err):
+                    raise
+                self._sleep(self._delay(failure, None))
+                continue
+            if response.status_code in _RETRY_STATUS and failure < retries:
+                failure += 1
+                retry_after = response.headers.get("Retry-After")
+                response.close()
+                self._sleep(self._delay(failure, retry_after))
+                continue
+            return response
+
     def _delay(self, failure: int, retry_after: str | None) -> float:
         if retry_after and retry_after.strip().isdigit():
             return min(float(retry_after), 30.0)
@@ -537,41 +554,32 @@ class RegistryClient:
         errors: list[str] = []
         for scheme in ("https", "http") if plain_allowed else ("https",):
             url = f"{scheme}://{name}/v2/"
-            for failure in range(1, self.options.retries + 2):
-                try:
-                    response = self.session.get(
-                        url,
-                        headers={"User-Agent": self.options.user_agent},
-                        timeout=(self.options.connect_timeout, self.options.read_timeout),
-                        allow_redirects=False,
-                        verify=name not in self.options.insecure,
-                    )
-                except requests.exceptions.SSLError as err:
-                    if _certificate_problem(err) and name not in self.options.insecure:
-                        raise RegistryError(
-                            f"TLS certificate not trusted: {_reason(err)}",
-                            method="GET",
-                            url=url,
-                            **_named(target),
-                        ) from None
-                    errors.append(_reason(err) if plain_allowed else f"{scheme}: {_reason(err)}")
-                    break  # the server does not speak TLS: try plain HTTP where that is allowed
-                except (requests.ConnectionError, requests.Timeout) as err:
-                    if failure > self.options.retries or _unknown_host(err) or "Connection refused" in str(err):
-                        errors.append(f"{scheme}: {_reason(err)}" if plain_allowed else _reason(err))
-                        break
-                    self._sleep(self._delay(failure, None))
-                    continue
-                with response:
-                    if response.status_code in _RETRY_STATUS and failure <= self.options.retries:
-                        self._sleep(self._delay(failure, response.headers.get("Retry-After")))
-                        continue
-                    if response.status_code == 401:
-                        challenges = parse_challenges(response.headers.get("WWW-Authenticate", ""))
-                        return scheme, next(iter(challenges), None)
-                    return scheme, None
-            else:
+
+            def send(url: str = url) -> requests.Response:
+                return self.session.get(
+                    url,
+                    headers={"User-Agent": self.options.user_agent},
+                    timeout=self._timeouts(),
+                    allow_redirects=False,
+                    verify=name not in self.options.insecure,
+                )
+
+            try:
+                response = self._with_retries(send, self.options.retries, retry_error=_worth_retrying)
+            except requests.exceptions.SSLError as err:
+                if _certificate_problem(err) and name not in self.options.insecure:
+                    raise RegistryError(
+                        f"TLS certificate not trusted: {_reason(err)}", method="GET", url=url, **_named(target)
+                    ) from None
+                errors.append(_reason(err) if plain_allowed else f"{scheme}: {_reason(err)}")
+                continue  # the server does not speak TLS: try plain HTTP where that is allowed
+            except (requests.ConnectionError, requests.Timeout) as err:
+                errors.append(f"{scheme}: {_reason(err)}" if plain_allowed else _reason(err))
                 continue
+            with response:
+                if response.status_code == 401:
+                    return scheme, next(iter(parse_challenges(response.headers.get("WWW-Authenticate", ""))), None)
+                return scheme, None
         hint = ""
         if not plain_allowed and any("TLS" in e for e in errors):
             hint = " (plain HTTP is used only for loopback hosts and --insecure-registry)"
@@ -647,38 +655,31 @@ class RegistryClient:
         params = token_params(challenge, sorted(scopes), credential)
         if parts.scheme == "https":
             self._mount_tls(parts.netloc)
-        for failure in range(1, self.options.retries + 2):
-            try:
-                if credential is not None and credential.identity_token:
-                    response = self.session.post(realm, data=params, timeout=self._timeouts(), allow_redirects=False)
-                else:
-                    auth = (credential.username, credential.password) if credential and credential.username else None
-                    response = self.session.get(
-                        realm, params=params, auth=auth, timeout=self._timeouts(), allow_redirects=False
-                    )
-            except (requests.ConnectionError, requests.Timeout) as err:
-                if failure > self.options.retries:
-                    raise RegistryAuthError(f"token server {realm}: {_reason(err)}", **_named(target)) from None
-                self._sleep(self._delay(failure, None))
-                continue
-            with response:
-                if response.status_code in _RETRY_STATUS and failure <= self.options.retries:
-                    self._sleep(self._delay(failure, response.headers.get("Retry-After")))
-                    continue
-                if response.status_code != 200:
-                    who = "the credentials were refused" if credential else "anonymous access was refused"
-                    raise RegistryAuthError(
-                        f"token server {realm}: {who}",
-                        method="GET",
-                        url=_redact(realm),
-                        status=response.status_code,
-                        codes=_codes(response)[0],
-                        **_named(target),
-                    )
-                token = parse_token_response(response.content[: MAX_DOCUMENT_SIZE + 1])
-            host.tokens[scopes] = (token, now + max(token.expires_in - 10, 1))
-            return token.value
-        raise AssertionError("unreachable")
+
+        def send() -> requests.Response:
+            if credential is not None and credential.identity_token:
+                return self.session.post(realm, data=params, timeout=self._timeouts(), allow_redirects=False)
+            auth = (credential.username, credential.password) if credential and credential.username else None
+            return self.session.get(realm, params=params, auth=auth, timeout=self._timeouts(), allow_redirects=False)
+
+        try:
+            response = self._with_retries(send, self.options.retries)
+        except (requests.ConnectionError, requests.Timeout) as err:
+            raise RegistryAuthError(f"token server {realm}: {_reason(err)}", **_named(target)) from None
+        with response:
+            if response.status_code != 200:
+                who = "the credentials were refused" if credential else "anonymous access was refused"
+                raise RegistryAuthError(
+                    f"token server {realm}: {who}",
+                    method="GET",
+                    url=_redact(realm),
+                    status=response.status_code,
+                    codes=_codes(response)[0],
+                    **_named(target),
+                )
+            token = parse_token_response(response.content[: MAX_DOCUMENT_SIZE + 1])
+        host.tokens[scopes] = (token, now + max(token.expires_in - 10, 1))
+        return token.value
 
     def _timeouts(self) -> tuple[float, float]:
         return (self.options.connect_timeout, self.options.read_timeout)
@@ -785,6 +786,11 @@ def _redact(url: str) -> str:
 def _certificate_problem(err: Exception) -> bool:
     text = str(err)
     return "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text or "hostname" in text.lower()
+
+
+def _worth_retrying(err: Exception) -> bool:
+    """A TLS failure, an unknown host or a refused connection: asking the same way again will not help."""
+    return not (isinstance(err, requests.exceptions.SSLError) or _unknown_host(err) or "Connection refused" in str(err))
 
 
 def _unknown_host(err: Exception) -> bool:

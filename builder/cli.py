@@ -283,6 +283,48 @@ def cmd_verify(ctx: _Context) -> int:
     return 0
 
 
+def cmd_run(ctx: _Context) -> int:
+    from builder.container import ContainerRequest, run_image
+
+    args = ctx.args
+    if args.tty:
+        raise UsageError("pybuild run has no pseudo-terminal yet (-t)", hint="standard input and output pass through")
+    env = []
+    for item in args.env:
+        name, eq, _ = item.partition("=")
+        if eq:
+            env.append(item)
+        elif name in ctx.environ:
+            env.append(f"{name}={ctx.environ[name]}")  # -e NAME passes the caller's value, as docker does
+    if args.commit:
+        _parse_refs([args.commit])
+    request = ContainerRequest(
+        command=tuple(args.command),
+        entrypoint=None if args.entrypoint is None else tuple(args.entrypoint.split()) if args.entrypoint else (),
+        env=tuple(env),
+        user=args.user or "",
+        workdir=args.workdir or "",
+        network=args.network,
+        hostname=args.hostname or "",
+        commit=args.commit or "",
+    )
+    progress = Progress("quiet" if args.quiet else "plain")
+    try:
+        image = _remote(ctx).image(args.image, ctx.platform, progress.status)
+    finally:
+        progress.done()
+    named = Reference.parse(args.commit) if args.commit else None
+
+    def name_image(committed: Any) -> None:
+        assert named is not None
+        ctx.store.layout.tag(str(named), committed.descriptor)
+        print(f"{named}: {committed.id}", file=sys.stderr)
+
+    sys.stdout.flush()
+    result = run_image(ctx.store, image, request, name_image=name_image)
+    return result.status
+
+
 def cmd_import(ctx: _Context) -> int:
     args = ctx.args
     names = list(args.tag) + ([args.reference] if args.reference else [])
@@ -768,6 +810,11 @@ _EXAMPLES = {
   pybuild import rootfs.tar -t mybase:1.0
   pybuild import rootfs.tar.zst -t mybase --change 'CMD ["sh"]' --change 'ENV LANG=C.UTF-8'
   tar -C rootfs -c . | pybuild import - mybase:latest""",
+    "run": """examples:
+  pybuild run --rm busybox echo hello
+  pybuild run -e GREETING=hi -w /tmp busybox sh -c 'echo $GREETING from $(pwd)'
+  pybuild run --network none myapp:dev ./run-tests.sh
+  pybuild run --commit myapp:patched myapp:1.0 sh -c 'rm -rf /var/cache/apt/*'""",
     "pull": """examples:
   pybuild pull alpine:3.20
   pybuild pull registry.example.com/team/base@sha256:4f2a...
@@ -926,6 +973,24 @@ def _build_parser() -> _Parser:
         metavar="STAGE[,STAGE...]",
         help="run every step of these stages (repeatable)",
     )
+
+    p = verb("run", "Run a command in a throwaway container of an image", cmd_run)
+    p.add_argument("image", metavar="IMAGE", help="the image (a name, an ID, or pulled when the store lacks it)")
+    p.add_argument("command", metavar="COMMAND", nargs=argparse.REMAINDER, help="replaces the image's CMD")
+    p.add_argument("--rm", action="store_true", help="accepted for docker's sake: pybuild keeps no stopped containers")
+    p.add_argument("-i", "--interactive", action="store_true", help="accepted: standard input always passes through")
+    p.add_argument("-t", "--tty", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("-e", "--env", action="append", default=[], metavar="NAME[=VALUE]", help="set a variable")
+    p.add_argument("-u", "--user", metavar="USER[:GROUP]", help="run as this user (default: the image's USER)")
+    p.add_argument("-w", "--workdir", metavar="DIR", help="the working directory (default: the image's WORKDIR)")
+    p.add_argument("--entrypoint", metavar="CMD", help="replace the image's ENTRYPOINT ('' clears it)")
+    p.add_argument(
+        "--network", default="default", choices=("default", "none", "host"), help="default/host: the host's network"
+    )
+    p.add_argument("--hostname", metavar="NAME", help="the container's hostname (default: its short ID)")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="the image's platform (default: this machine's)")
+    p.add_argument("--commit", metavar="NAME", help="keep the container's changes as a new image NAME")
+    p.add_argument("-q", "--quiet", action="store_true", help="no pull progress")
 
     p = verb("pull", "Pull an image from a registry into the store", cmd_pull)
     p.add_argument("name", metavar="NAME[:TAG|@DIGEST]", help="the image (short names are Docker Hub's)")

@@ -97,17 +97,31 @@ def _wait_for_init(pid_file: Path) -> None:
         time.sleep(0.002)
 
 
+def _wait_through_interrupts(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for the sandbox; a Ctrl-C is the command's to handle (the terminal sent it the same SIGINT)."""
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            continue
+
+
 def run_container(
     scratch: Path,
     lowers: Sequence[Path],
     spec: RunSpec,
     on_output: Callable[[bytes], None],
     on_idle: Callable[[], None] | None = None,
+    *,
+    interactive: bool = False,
 ) -> int:
     """Run ``spec`` over ``lowers`` (top first); return its exit status (128 + N when killed by signal N).
 
     ``scratch`` is an empty private directory; the step's upper directory is ``scratch / "upper"`` afterwards.
     ``on_idle`` is called when the command has been quiet for a moment (a live display moves its clocks).
+    ``interactive`` (``pybuild run``): the command gets pybuild's own standard input, output and error instead of
+    a pipe to ``on_output``, and a Ctrl-C goes to the command (which shares the terminal's process group) rather
+    than ending the wait.
     Raises ``SandboxError`` when the container itself could not start.
     """
     for name in ("upper", "work", "merged", "files"):
@@ -140,25 +154,28 @@ def run_container(
     environment = {"PYTHONPATH": _PACKAGE_PARENT, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "builder.sandbox", os.fspath(spec_file)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stdin=None if interactive else subprocess.DEVNULL,
+        stdout=None if interactive else subprocess.PIPE,
+        stderr=None if interactive else subprocess.STDOUT,
         env=environment,
         close_fds=True,
         cwd="/",
     )
     try:
-        assert proc.stdout is not None
-        fd = proc.stdout.fileno()
-        while True:
-            if on_idle is not None and not select.select([fd], [], [], _IDLE)[0]:
-                on_idle()
-                continue
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                break
-            on_output(chunk)
-        status = proc.wait()
+        if interactive:
+            status = _wait_through_interrupts(proc)
+        else:
+            assert proc.stdout is not None
+            fd = proc.stdout.fileno()
+            while True:
+                if on_idle is not None and not select.select([fd], [], [], _IDLE)[0]:
+                    on_idle()
+                    continue
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    break
+                on_output(chunk)
+            status = proc.wait()
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)  # its init and everything under it die with it

@@ -7,6 +7,8 @@ them. Nothing here prints.
   tar headers alone (nothing is extracted and no root is needed): a whiteout ``.wh.NAME`` is a deletion of NAME,
   an opaque marker a deletion of everything lower layers put in its directory (``DIR/*``), and any other member
   is a change (``C``) when the layers under the step (the entry's ``parents``) leave that path, else an addition.
+  Layers are read and stacked by ``builder.layerview`` (which ``pybuild diff`` and ``layers`` use too); it also
+  resolves key prefixes (``find_entry``).
 - ``disk_usage`` measures the distinct layers the entries hold, and how much of that an image in the store also
   uses (``ImageLayout.reachable``): only the rest is what pruning every entry would free.
 - ``prune`` runs under the cache guard held exclusively, so no build is between storing or finding a layer and
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,16 +31,14 @@ from builder.cache import CacheEntry, CacheIndex
 from builder.commit import rfc3339
 from builder.compressed import MEMO_DIR
 from builder.errors import BuildError
+from builder.layerview import Stack, find_entry, read_layer, whiteout_target
 from builder.root import Store
 from builder.snapshot import SnapshotStore, remove_dir
 from oci.canonical import load_json_object
-from oci.compression import Compression, decompress_stream
-from oci.descriptor import Descriptor
+from oci.compression import Compression
 from oci.digest import Digest
 from oci.errors import InvalidDigest, InvalidDocument, OCIError
-from oci.layer import OPAQUE, WHITEOUT_PREFIX
 from oci.store import ContentStore
-from oci.tarformat import EntryType, TarReader
 
 __all__ = [
     "Change",
@@ -61,7 +61,6 @@ __all__ = [
 ]
 
 _MAX_MEMO = 4096
-_AUFS_META = ".wh..wh."  # AUFS bookkeeping (.wh..wh.plnk and the like): not part of the image
 
 # ------------------------------------------------------------------------------------------------ listing
 
@@ -69,22 +68,6 @@ _AUFS_META = ".wh..wh."  # AUFS bookkeeping (.wh..wh.plnk and the like): not par
 def list_entries(index: CacheIndex) -> list[CacheEntry]:
     """Every entry, most recently used first."""
     return index.entries()
-
-
-_HEX = re.compile(r"[0-9a-f]{1,64}")
-
-
-def find_entry(index: CacheIndex, text: str) -> CacheEntry:
-    """The one entry whose key starts with ``text`` (hex digits, with or without ``sha256:``)."""
-    digits = text.strip().lower().removeprefix("sha256:")
-    if not _HEX.fullmatch(digits):
-        raise BuildError(f"{text}: not a cache key (expected hex digits of a sha256 key)")
-    found = index.find(f"sha256:{digits}")
-    if not found:
-        raise BuildError(f"no cache entry matches {text}")
-    if len(found) > 1:
-        raise BuildError(f"{text} is ambiguous: it matches {len(found)} cache entries")
-    return found[0]
 
 
 # ------------------------------------------------------------------------------------------------ inspect
@@ -103,116 +86,6 @@ class Change:
         return {"op": self.op, "path": self.path, "type": self.type, "size": self.size}
 
 
-_TYPES = {
-    EntryType.FILE: "file",
-    EntryType.HARDLINK: "hardlink",
-    EntryType.SYMLINK: "symlink",
-    EntryType.CHAR: "char",
-    EntryType.BLOCKDEV: "block",
-    EntryType.DIR: "dir",
-    EntryType.FIFO: "fifo",
-}
-
-Parts = tuple[str, ...]
-
-
-def _parts(name: str) -> Parts:
-    parts: list[str] = []
-    for part in name.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if parts:
-                parts.pop()
-            continue
-        parts.append(part)
-    return tuple(parts)
-
-
-def _absolute(parts: Parts) -> str:
-    return "/" + "/".join(parts)
-
-
-def _members(blobs: ContentStore, layer: Descriptor) -> list[tuple[Parts, str, int]]:
-    """The path, type and stored size of each member of ``layer``, in archive order (headers only)."""
-    out: list[tuple[Parts, str, int]] = []
-    with blobs.open(layer.digest, layer.size) as raw:
-        _, plain = decompress_stream(raw)
-        for entry, _data in TarReader(plain):  # type: ignore[arg-type]
-            parts = _parts(entry.path)
-            if not parts:
-                continue  # "./" itself
-            if any(p.startswith(_AUFS_META) for p in parts) and parts[-1] != OPAQUE:
-                continue
-            size = entry.size if entry.type is EntryType.FILE else 0
-            out.append((parts, _TYPES.get(entry.type, entry.type.name.lower()), size))
-    return out
-
-
-def _whiteout_target(parts: Parts) -> Parts | None:
-    """What a whiteout member deletes: its directory for an opaque marker, else the named sibling; None if it is
-    no whiteout."""
-    name = parts[-1]
-    if name == OPAQUE:
-        return parts[:-1]
-    if name.startswith(WHITEOUT_PREFIX):
-        return parts[:-1] + (name[len(WHITEOUT_PREFIX) :],)
-    return None
-
-
-class _Tree:
-    """The paths a stack of layers leaves, each with its type, as overlayfs would merge them."""
-
-    def __init__(self) -> None:
-        self.nodes: dict[Parts, str] = {(): "dir"}
-        self.children: dict[Parts, set[str]] = {}
-
-    def get(self, parts: Parts) -> str | None:
-        return self.nodes.get(parts)
-
-    def apply(self, members: Iterable[tuple[Parts, str, int]]) -> None:
-        """Put a layer on top: its whiteouts hide lower paths only, then its own paths are added."""
-        added: list[tuple[Parts, str]] = []
-        for parts, kind, _size in members:
-            target = _whiteout_target(parts)
-            if target is None:
-                added.append((parts, kind))
-            elif parts[-1] == OPAQUE:
-                self._clear(target)
-            else:
-                self._remove(target)
-        for parts, kind in added:
-            self._add(parts, kind)
-
-    def _add(self, parts: Parts, kind: str) -> None:
-        for depth in range(1, len(parts)):
-            self.children.setdefault(parts[: depth - 1], set()).add(parts[depth - 1])
-            if self.nodes.get(parts[:depth]) != "dir":
-                self._clear(parts[:depth])
-                self.nodes[parts[:depth]] = "dir"
-        self.children.setdefault(parts[:-1], set()).add(parts[-1])
-        if kind != "dir" and self.nodes.get(parts) == "dir":
-            self._clear(parts)  # a non-directory replaces a directory and what was in it
-        self.nodes[parts] = kind
-
-    def _clear(self, parts: Parts) -> None:
-        """Forget everything below ``parts``."""
-        pending = [parts]
-        while pending:
-            here = pending.pop()
-            for name in self.children.pop(here, ()):
-                child = here + (name,)
-                self.nodes.pop(child, None)
-                pending.append(child)
-
-    def _remove(self, parts: Parts) -> None:
-        if not parts:
-            return
-        self._clear(parts)
-        self.nodes.pop(parts, None)
-        self.children.get(parts[:-1], set()).discard(parts[-1])
-
-
 def layer_changes(blobs: ContentStore, entry: CacheEntry) -> list[Change]:
     """The file changes of ``entry``'s layer, in archive order; none for an entry without a layer.
 
@@ -220,18 +93,19 @@ def layer_changes(blobs: ContentStore, entry: CacheEntry) -> list[Change]:
     """
     if entry.layer is None:
         return []
-    below = _Tree()
+    below = Stack()
     for layer, _diff_id in entry.parents:
-        below.apply(_members(blobs, layer))
+        below.apply(read_layer(blobs, layer))
     changes: list[Change] = []
-    for parts, kind, size in _members(blobs, entry.layer):
-        target = _whiteout_target(parts)
+    for member in read_layer(blobs, entry.layer):
+        target = whiteout_target(member.path)
         if target is None:
-            changes.append(Change("C" if below.get(parts) is not None else "A", _absolute(parts), kind, size))
-        elif parts[-1] == OPAQUE:
-            changes.append(Change("D", _absolute(target).rstrip("/") + "/*", "opaque", 0))
+            op = "C" if below.type_of(member.path) is not None else "A"
+            changes.append(Change(op, member.path, member.type, member.size))
+        elif target[1]:
+            changes.append(Change("D", target[0].rstrip("/") + "/*", "opaque", 0))
         else:
-            changes.append(Change("D", _absolute(target), below.get(target) or "whiteout", 0))
+            changes.append(Change("D", target[0], below.type_of(target[0]) or "whiteout", 0))
     return changes
 
 

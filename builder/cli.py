@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from builder import __version__, cacheops
+from builder import __version__, cacheops, layerview
 from builder.cache import CacheIndex
 from builder.cacheshare import check_cache_destination, parse_cache_option
 from builder.commit import rfc3339, source_date_epoch
@@ -794,6 +794,114 @@ def _prune_filter(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+# ---------------------------------------------------------------------------------------------- diff, layers
+
+_DIFF_EPILOG = """Layers are numbered from 1, bottom first, each with the history line that made it. A: added,
+C: changed (the path existed in a lower layer), D: deleted (a whiteout, everything lower layers had
+under an opaque directory, or what a file replaced). Sizes are the bytes each tar member stores.
+Instead of an image, give a cache key (or a unique prefix, as 'pybuild cache ls' shows it): the
+layers are then that cached step's chain, the layers under it and its own.
+
+examples:
+  pybuild diff app
+  pybuild diff app --layer -1
+  pybuild diff 3f2a9c81d0e4 --format json | jq -r '.[-1].changes[] | select(.kind == "D") | .path'"""
+
+_LAYERS_EPILOG = """Image size: the bytes of every layer's regular files. Wasted: those the final filesystem
+does not show, because a later layer overwrote or deleted the file (or its own layer wrote it
+twice); hardlinks share one copy. Efficiency: 1 - wasted / image size. Unlike dive, the copy
+the image still shows is never counted as waste. Inefficient files: the paths with wasted
+bytes, each with the number of layers that wrote or deleted it. IMAGE may be a cache key.
+
+examples:
+  pybuild layers app
+  pybuild layers app --top 0 --no-trunc
+  pybuild layers app --format json | jq '.wasted_bytes, .efficiency'"""
+
+
+def _layer_number(text: int, count: int, name: str) -> int:
+    """``--layer N``: 1 is the bottom layer, -1 the top one."""
+    number = text + count + 1 if text < 0 else text
+    if not 1 <= number <= count:
+        raise UsageError(f"--layer {text}: {name} has {count} layers (1 to {count}, or -1 for the top one)")
+    return number
+
+
+def _created_by(source: layerview.LayerSource, width: int | None) -> str:
+    text = " ".join((source.created_by or source.comment).split()) or "-"
+    return text if width is None else _cut(text, width)
+
+
+def _warn_unread(seen: layerview.Browse, upto: int) -> None:
+    for number, diff in enumerate(seen.analysis.layers[:upto], 1):
+        if diff.error:
+            print(f"WARNING: layer {number}: {diff.error}; the layers above it are read without it", file=sys.stderr)
+
+
+def cmd_diff(ctx: _Context) -> int:
+    args = ctx.args
+    target = layerview.find_target(ctx.store, args.image, ctx.platform)
+    count = len(target.sources)
+    number = _layer_number(args.layer, count, args.image) if args.layer is not None else None
+    seen = layerview.browse(ctx.store.layout.store, target, upto=number)
+    numbers = [number] if number is not None else list(range(1, count + 1))
+    if args.format == "json":
+        _json_out(ctx, [seen.layer_json(n, changes=True) for n in numbers])
+    else:
+        ctx.out.write(f"{target.title}\n")
+        for n in numbers:
+            source, diff = target.sources[n - 1], seen.analysis.layers[n - 1]
+            size = "missing" if diff.error else _human_size(diff.size)
+            ctx.out.write(f"\nlayer {n} of {count}  {source.descriptor.digest.encoded[:12]}  {size}  ")
+            ctx.out.write(_created_by(source, None) + "\n")
+            if diff.error:
+                ctx.out.write(f"  ({diff.error})\n")
+            elif not diff.changes:
+                ctx.out.write("  (no changes)\n")
+            sizes = ["-" if c.type == "dir" else _human_size(c.size) for c in diff.changes]
+            width = max(map(len, sizes), default=0)
+            for change, shown in zip(diff.changes, sizes, strict=True):
+                link = f" -> {change.link}" if change.type == "symlink" else ""
+                link = f" link to {change.link}" if change.type == "hardlink" else link
+                ctx.out.write(f"{change.kind}  {shown:>{width}}  {change.path}{link}\n")
+    _warn_unread(seen, number or count)
+    return 0
+
+
+def cmd_layers(ctx: _Context) -> int:
+    args = ctx.args
+    target = layerview.find_target(ctx.store, args.image, ctx.platform)
+    seen = layerview.browse(ctx.store.layout.store, target)
+    analysis = seen.analysis
+    if args.format == "json":
+        _json_out(ctx, seen.summary_json())
+        _warn_unread(seen, len(analysis.layers))
+        return 0
+    ctx.out.write(f"{target.title}\n\n")
+    table = [["LAYER", "SIZE", "FILES", "ADDED", "CHANGED", "DELETED", "CREATED BY"]]
+    for number, (source, diff) in enumerate(zip(target.sources, analysis.layers, strict=True), 1):
+        counts = ["-"] * 4 if diff.error else [str(diff.files), *(str(diff.count(k)) for k in "ACD")]
+        size = "missing" if diff.error else _human_size(diff.size)
+        table.append([str(number), size, *counts, _created_by(source, None if args.no_trunc else 60)])
+    _table(table, ctx.out)
+    ctx.out.write("\n")
+    for label, value in (
+        ("Image size:", f"{_human_size(analysis.size)} ({analysis.size} bytes)"),
+        ("Wasted:", f"{_human_size(analysis.wasted)} ({analysis.wasted} bytes)"),
+        ("Efficiency:", f"{analysis.efficiency:.2%}"),
+    ):
+        ctx.out.write(f"{label:<13}{value}\n")
+    shown = analysis.inefficient if args.top <= 0 else analysis.inefficient[: args.top]
+    if shown:
+        more = len(analysis.inefficient) - len(shown)
+        ctx.out.write(f"\nInefficient files{f' (top {len(shown)}, {more} more)' if more else ''}:\n")
+        rows = [["COUNT", "WASTED", "PATH"]]
+        rows += [[str(waste.count), _human_size(waste.wasted), waste.path] for waste in shown]
+        _table(rows, ctx.out)
+    _warn_unread(seen, len(analysis.layers))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- parser
 
 _EXAMPLES = {
@@ -991,6 +1099,21 @@ def _build_parser() -> _Parser:
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="the image's platform (default: this machine's)")
     p.add_argument("--commit", metavar="NAME", help="keep the container's changes as a new image NAME")
     p.add_argument("-q", "--quiet", action="store_true", help="no pull progress")
+
+    p = verb("diff", "Show what each layer of an image (or a cached step) adds, changes and deletes", cmd_diff)
+    p.epilog = _DIFF_EPILOG
+    p.add_argument("image", metavar="IMAGE|KEY", help="an image (name, ID or digest), or a cache key or its prefix")
+    p.add_argument("--layer", type=int, metavar="N", help="only layer N (1 is the bottom one, -1 the top one)")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="which image of a multi-platform index to show")
+
+    p = verb("layers", "Summarise the layers of an image (or a cached step) and the bytes they waste", cmd_layers)
+    p.epilog = _LAYERS_EPILOG
+    p.add_argument("image", metavar="IMAGE|KEY", help="an image (name, ID or digest), or a cache key or its prefix")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="inefficient files to list (default 10; 0: all)")
+    p.add_argument("--no-trunc", action="store_true", help="show whole history lines")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="which image of a multi-platform index to show")
 
     p = verb("pull", "Pull an image from a registry into the store", cmd_pull)
     p.add_argument("name", metavar="NAME[:TAG|@DIGEST]", help="the image (short names are Docker Hub's)")

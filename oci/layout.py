@@ -1,16 +1,24 @@
 """The OCI image layout: ``oci-layout``, ``index.json`` and ``blobs/``, with tags as index entries.
 
-A tag is an ``index.json`` entry whose ``org.opencontainers.image.ref.name`` annotation holds the name. Every
-change to ``index.json`` is a read-modify-write under an exclusive ``flock`` on the layout directory, written to a
-temporary file, fsynced and renamed over the old one, so concurrent writers lose no update and a reader (or a
-writer killed half way) never sees a partial index. Blobs go through the layout's ``ContentStore``.
+A tag is an ``index.json`` entry whose ``org.opencontainers.image.ref.name`` annotation holds the name. An entry
+without that annotation is an untagged ("dangling") image, as Docker shows ``<none>``: when a name moves to another
+image, or is removed, and no other entry holds the image it named, the image stays in the index without a name
+(so it is still listed, and its blobs stay reachable) until it is deleted on purpose (``remove``). An image has at
+most one untagged entry, and none while a name holds it.
+
+Every change to ``index.json`` is a read-modify-write under an exclusive ``flock`` on the layout directory,
+written to a temporary file, fsynced and renamed over the old one, so concurrent writers lose no update and a
+reader (or a writer killed half way) never sees a partial index. ``locked()`` may be held across several reads
+and changes (it is re-entrant within the process), so that deciding and changing are one step. Blobs go through
+the layout's ``ContentStore``.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -38,6 +46,8 @@ class ImageLayout:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.store = ContentStore(self.root / "blobs", self.root / INGEST_DIR)
+        self._mutex = threading.RLock()
+        self._depth = 0  # how deeply this process holds the lock (flock itself would deadlock on a second fd)
 
     @classmethod
     def open(cls, root: str | Path, *, create: bool = False) -> ImageLayout:
@@ -72,13 +82,23 @@ class ImageLayout:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the layout's writer lock (an exclusive flock on the layout directory itself)."""
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
+        """Hold the layout's writer lock (an exclusive flock on the layout directory itself); re-entrant."""
+        with self._mutex:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._depth = 1
+                yield
+            finally:
+                self._depth = 0
+                os.close(fd)  # closing releases the lock
 
     def index(self) -> Index:
         path = self.root / INDEX_FILE
@@ -117,35 +137,69 @@ class ImageLayout:
                 return desc
         return None
 
+    def dangling(self) -> list[Descriptor]:
+        """The untagged entries (no ref name), in index order."""
+        return [d for d in self.index().manifests if not d.ref_name]
+
     def tag(self, name: str, descriptor: Descriptor) -> None:
-        """Point ``name`` at ``descriptor`` (replacing what it pointed at before)."""
+        """Point ``name`` at ``descriptor``. The image it pointed at before stays, untagged, unless another entry
+        holds it; an untagged entry of ``descriptor``'s image is replaced by the name."""
         entry = descriptor.with_ref_name(name)
 
         def change(index: Index) -> Index:
-            kept = [d for d in index.manifests if d.ref_name != name]
-            return replace(index, manifests=tuple(kept + [entry]))
+            kept = [d for d in index.manifests if d.ref_name != name and not _untagged_of(d, entry.digest)]
+            moved = [d for d in index.manifests if d.ref_name == name and d.digest != entry.digest]
+            return replace(index, manifests=_keep_untagged(tuple(kept + [entry]), moved))
 
         self.update_index(change)
 
     def untag(self, name: str) -> bool:
+        """Remove ``name``; the image it named stays, untagged, unless another entry holds it."""
         found = False
 
         def change(index: Index) -> Index:
             nonlocal found
+            removed = [d for d in index.manifests if d.ref_name == name]
+            found = bool(removed)
             kept = tuple(d for d in index.manifests if d.ref_name != name)
-            found = len(kept) != len(index.manifests)
-            return replace(index, manifests=kept)
+            return replace(index, manifests=_keep_untagged(kept, removed))
 
         self.update_index(change)
         return found
 
+    def add_untagged(self, descriptor: Descriptor) -> bool:
+        """Keep ``descriptor``'s image in the index without a name, unless an entry holds it already."""
+        added = False
+
+        def change(index: Index) -> Index:
+            nonlocal added
+            manifests = _keep_untagged(index.manifests, [descriptor])
+            added = len(manifests) != len(index.manifests)
+            return replace(index, manifests=manifests)
+
+        self.update_index(change)
+        return added
+
+    def remove(self, digests: Iterable[Digest]) -> list[Descriptor]:
+        """Drop every entry of the images ``digests`` name, tagged or not (their blobs are left for a sweep)."""
+        removed: list[Descriptor] = []
+        gone = set(digests)
+
+        def change(index: Index) -> Index:
+            removed[:] = [d for d in index.manifests if d.digest in gone]
+            return replace(index, manifests=tuple(d for d in index.manifests if d.digest not in gone))
+
+        self.update_index(change)
+        return removed
+
     def image(self, descriptor: Descriptor, platform: Platform) -> Image:
         return load_image(self.store, descriptor.with_ref_name(None), platform)
 
-    def reachable(self) -> set[Digest]:
-        """Every blob that ``index.json`` reaches: manifests, indexes, configs and layers (missing ones too)."""
+    def reachable(self, roots: Iterable[Descriptor] = ()) -> set[Digest]:
+        """Every blob that ``index.json`` (and ``roots``, images in use that it may not name) reaches: manifests,
+        indexes, configs and layers (missing ones too)."""
         seen: set[Digest] = set()
-        pending = list(self.index().manifests)
+        pending = [*self.index().manifests, *roots]
         while pending:
             desc = pending.pop()
             if desc.digest in seen:
@@ -167,3 +221,18 @@ class ImageLayout:
     def sweep(self) -> int:
         """Remove what killed writers left in ``ingest/``."""
         return self.store.sweep()
+
+
+def _untagged_of(entry: Descriptor, digest: Digest) -> bool:
+    return not entry.ref_name and entry.digest == digest
+
+
+def _keep_untagged(manifests: tuple[Descriptor, ...], released: Iterable[Descriptor]) -> tuple[Descriptor, ...]:
+    """``manifests`` plus an untagged entry for each image of ``released`` that no entry of ``manifests`` holds."""
+    result = list(manifests)
+    held = {d.digest for d in manifests}
+    for old in released:
+        if old.digest not in held:
+            held.add(old.digest)
+            result.append(old.with_ref_name(None))
+    return tuple(result)

@@ -5,7 +5,13 @@ diff_id, or none for a step that changed no file), the history text, where it ca
 line, the step as written, the image names of that build), when it was created and last used, and how often it
 was hit. The per-file summaries that explain a COPY's miss are kept beside it, compressed. The database also
 holds the context stat cache (``builder.checksum``), the builds that are running (their leases keep the entries
-they use from ``cache prune``), and the report of each finished build for ``pybuild cache explain``.
+they use from ``cache prune``, and the images they use, bases and the image being committed, from ``pybuild
+prune`` and ``rmi``), and the report of each finished build for ``pybuild cache explain``.
+
+``ROOT/cache.lock`` is the store's guard (``store_guard``): held shared by whoever has written or found a blob
+that nothing names yet (a build until the entry or lease that holds it is recorded, a pull, import or load until
+its tag is written), and exclusively by whoever deletes blobs (``cache prune``, ``pybuild prune``, ``rmi``), so
+that a blob is never deleted between the moment a command decides to use it and the moment it is held.
 
 SQLite gives transactions and safe concurrent use from several processes (WAL mode, a generous busy timeout).
 An entry is written only after its layer blob is stored, so a build killed at any moment leaves either no entry
@@ -35,7 +41,7 @@ from oci.descriptor import Descriptor
 from oci.digest import Digest
 from oci.store import pid_alive
 
-__all__ = ["CacheEntry", "CacheIndex", "INDEX_FILE"]
+__all__ = ["CacheEntry", "CacheIndex", "INDEX_FILE", "store_guard"]
 
 INDEX_FILE = "cache.db"
 LOCK_FILE = "cache.lock"
@@ -73,6 +79,11 @@ CREATE TABLE IF NOT EXISTS builds (
     report TEXT
 );
 CREATE TABLE IF NOT EXISTS leases (build TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (build, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS image_leases (
+    build TEXT NOT NULL,
+    descriptor TEXT NOT NULL,
+    PRIMARY KEY (build, descriptor)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS stats (root BLOB PRIMARY KEY, rows BLOB NOT NULL) WITHOUT ROWID;
 """
 
@@ -122,6 +133,18 @@ class CacheEntry:
             "diff_id": str(self.diff_id) if self.diff_id is not None else None,
             "history": self.history,
         }
+
+
+@contextmanager
+def store_guard(root: Path, exclusive: bool = False) -> Iterator[None]:
+    """The store's guard (``ROOT/cache.lock``; see the module docstring): shared for users of blobs nothing names
+    yet, exclusive for deleters."""
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _iso(moment: float) -> str:
@@ -179,13 +202,9 @@ class CacheIndex:
     @contextmanager
     def guard(self, exclusive: bool = False) -> Iterator[None]:
         """The lock between builds (shared: from committing or finding a layer until its entry is leased) and
-        ``cache prune`` (exclusive: while it deletes entries and blobs)."""
-        fd = os.open(self.path.with_name(LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        ``cache prune`` (exclusive: while it deletes entries and blobs); ``store_guard`` of this store."""
+        with store_guard(self.path.parent, exclusive):
             yield
-        finally:
-            os.close(fd)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -295,6 +314,7 @@ class CacheIndex:
                 (time.time(), json.dumps(report), build),
             )
             db.execute("DELETE FROM leases WHERE build = ?", (build,))
+            db.execute("DELETE FROM image_leases WHERE build = ?", (build,))
             db.execute(
                 "DELETE FROM builds WHERE finished IS NOT NULL AND id NOT IN "
                 "(SELECT id FROM builds WHERE finished IS NOT NULL ORDER BY finished DESC LIMIT 20)"
@@ -312,12 +332,31 @@ class CacheIndex:
     def leased(self) -> set[str]:
         """Keys leased by builds still running; the leases of builds that died are dropped on the way."""
         with self.transaction() as db:
-            running = db.execute("SELECT id, pid FROM builds WHERE finished IS NULL").fetchall()
-            dead = [row["id"] for row in running if not pid_alive(row["pid"])]
-            for build in dead:
-                db.execute("DELETE FROM leases WHERE build = ?", (build,))
-                db.execute("DELETE FROM builds WHERE id = ?", (build,))
+            self._drop_dead(db)
             return {row["key"] for row in db.execute("SELECT key FROM leases")}
+
+    def lease_image(self, build: str, descriptor: Descriptor) -> None:
+        """Keep the image ``descriptor`` names (and every blob it reaches) from deletion until ``build`` ends: a
+        base it builds on, or the image it has committed and not yet tagged. Call it under the guard."""
+        with self.transaction() as db:
+            text = canonical_json(descriptor.with_ref_name(None).to_json()).decode()
+            db.execute("INSERT OR IGNORE INTO image_leases VALUES (?, ?)", (build, text))
+
+    def leased_images(self) -> list[Descriptor]:
+        """The images running builds leased; the leases of builds that died are dropped on the way."""
+        with self.transaction() as db:
+            self._drop_dead(db)
+            rows = db.execute("SELECT DISTINCT descriptor FROM image_leases").fetchall()
+        return [Descriptor.from_json(json.loads(row["descriptor"])) for row in rows]
+
+    @staticmethod
+    def _drop_dead(db: sqlite3.Connection) -> None:
+        running = db.execute("SELECT id, pid FROM builds WHERE finished IS NULL").fetchall()
+        for row in running:
+            if not pid_alive(row["pid"]):
+                db.execute("DELETE FROM leases WHERE build = ?", (row["id"],))
+                db.execute("DELETE FROM image_leases WHERE build = ?", (row["id"],))
+                db.execute("DELETE FROM builds WHERE id = ?", (row["id"],))
 
     # ---------------------------------------------------------------------------------------- stat cache
 

@@ -11,6 +11,7 @@ import os
 import sys
 from dataclasses import dataclass
 
+from builder.cache import store_guard
 from builder.changes import apply_changes
 from builder.commit import rfc3339, store_image
 from builder.errors import RootfsImportError
@@ -40,6 +41,11 @@ class ImportRequest:
 
 
 def import_rootfs(store: Store, request: ImportRequest, progress: Progress) -> Image:
+    with store_guard(store.root):  # no prune between writing the layer and the tag naming it
+        return _import(store, request, progress)
+
+
+def _import(store: Store, request: ImportRequest, progress: Progress) -> Image:
     runtime = apply_changes(RuntimeConfig(), request.changes)
     label = "-" if request.source == "-" else os.path.basename(request.source)
     scratch = store.scratch_dir("import")
@@ -87,4 +93,6 @@ def import_rootfs(store: Store, request: ImportRequest, progress: Progress) -> I
     image = store_image(store.layout, config, [layer])
     for ref in request.tags:
         store.layout.tag(str(ref), image.descriptor)
+    if not request.tags:
+        store.layout.add_untagged(image.descriptor)  # as docker import without a name: a <none> image
     return image

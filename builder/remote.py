@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from builder.cache import store_guard
 from builder.root import Store
 from oci.compression import Compression
 from oci.config import ImageConfig, parse_config
@@ -182,11 +183,12 @@ class Remote:
 
         resolved = self.resolve(ref, platform)
         blobs = self.store.layout.store
-        pulled = pull_image(self.client, ref, blobs, platform, resolved=resolved, on_status=on_status)
-        manifest = pulled.manifest
-        image = Image(blobs, Descriptor(manifest.media_type, manifest.digest, manifest.size))
-        self.sources.add(ref.registry, ref.repository, [d.digest for d in (image.manifest.config, *image.layers)])
-        self.store.layout.tag(str(ref), Descriptor(manifest.media_type, manifest.digest, manifest.size))
+        with store_guard(self.store.root):  # no prune between finding or fetching a blob and the tag naming it
+            pulled = pull_image(self.client, ref, blobs, platform, resolved=resolved, on_status=on_status)
+            manifest = pulled.manifest
+            image = Image(blobs, Descriptor(manifest.media_type, manifest.digest, manifest.size))
+            self.sources.add(ref.registry, ref.repository, [d.digest for d in (image.manifest.config, *image.layers)])
+            self.store.layout.tag(str(ref), Descriptor(manifest.media_type, manifest.digest, manifest.size))
         return image
 
     # --- pushing

@@ -185,10 +185,13 @@ class _Solver:
         if key not in self._images:
             remote = self.options.remote
             try:
-                if remote is None:
-                    image, _ = find_image(self.store.layout, ref, platform)
-                else:
-                    image = remote.image(ref, platform, on_status)
+                # Found and leased under the guard: a prune cannot take it between the two, even if its tag moves.
+                with self.cache.guard():
+                    if remote is None:
+                        image, _ = find_image(self.store.layout, ref, platform)
+                    else:
+                        image = remote.image(ref, platform, on_status)
+                    self.cache.lease_image(self.build_id, image.descriptor)
             except ImageNotFound:
                 raise DockerfileError(
                     f"{ref}: no such image in the local store",
@@ -236,12 +239,14 @@ class _Solver:
                     f"--build-context {name}: {path} has no image {wanted!r}", path=self.plan.path, line=line
                 )
             image = load_image(layout.store, chosen.with_ref_name(None), platform)
-            for desc in (image.manifest.config, *image.layers):
-                if not self.blobs.has(desc.digest):
-                    with layout.store.open(desc.digest, desc.size) as stream:
-                        self.blobs.put(stream, desc.digest, desc.size)
-            self.blobs.put_bytes(image.raw_manifest, image.digest)
-            stored = Image(self.blobs, image.descriptor)
+            with self.cache.guard():  # nothing names these blobs in the store: the lease keeps them
+                for desc in (image.manifest.config, *image.layers):
+                    if not self.blobs.has(desc.digest):
+                        with layout.store.open(desc.digest, desc.size) as stream:
+                            self.blobs.put(stream, desc.digest, desc.size)
+                self.blobs.put_bytes(image.raw_manifest, image.digest)
+                stored = Image(self.blobs, image.descriptor)
+                self.cache.lease_image(self.build_id, stored.descriptor)
         except OCIError as err:
             raise DockerfileError(f"--build-context {name}: {err}", path=self.plan.path, line=line) from None
         self._images[key] = stored
@@ -752,7 +757,10 @@ class _Solver:
             target = self.plan.stage(self.plan.target)
             result = self.results[target.index]
             self.progress.status("writing image")
-            image = store_image(self.store.layout, result.config, list(self.fetch_imported(result.rootfs).layers))
+            layers = list(self.fetch_imported(result.rootfs).layers)
+            with self.cache.guard():  # leased until release(), which the caller calls once it is tagged
+                image = store_image(self.store.layout, result.config, layers)
+                self.cache.lease_image(self.build_id, image.descriptor)
             for spec in self.options.cache_to:
                 self.export_cache(spec, target)
         except BaseException:

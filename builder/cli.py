@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import fnmatch
 import json
 import os
 import signal
@@ -22,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from builder import __version__, cacheops, layerview
+from builder import __version__, cacheops, layerview, storeops
 from builder.cache import CacheIndex
 from builder.cacheshare import check_cache_destination, parse_cache_option
 from builder.commit import rfc3339, source_date_epoch
@@ -30,7 +29,16 @@ from builder.context import list_context
 from builder.errors import BuildError, DockerfileError, UsageError
 from builder.export import check_destination, export_image, parse_output
 from builder.frontend.dockerfile import parse_dockerfile
-from builder.images import base_config, find_image, inspect_image, list_images
+from builder.images import (
+    base_config,
+    filter_images,
+    find_image,
+    image_history,
+    inspect_image,
+    list_images,
+    parse_image_filters,
+    tag_image,
+)
 from builder.importer import ImportRequest, import_rootfs
 from builder.plan import BuildPlan, PlanOptions, plan_build
 from builder.platforms import host_platform
@@ -564,7 +572,9 @@ def _ago(created: str) -> str:
         return f"{seconds // 60} minutes ago"
     if seconds >= 60:
         return "About a minute ago"
-    return "Less than a second ago" if seconds < 1 else f"{seconds} seconds ago"
+    if seconds < 1:
+        return "Less than a second ago"
+    return "1 second ago" if seconds == 1 else f"{seconds} seconds ago"
 
 
 def _human_size(size: int) -> str:
@@ -584,9 +594,10 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 
 def cmd_images(ctx: _Context) -> int:
     args = ctx.args
-    rows = list_images(ctx.store.layout, ctx.platform)
-    if args.filter_reference:
-        rows = [r for r in rows if r.reference and _matches(r.reference, args.filter_reference)]
+    texts = list(args.filter) + ([f"reference={args.reference}"] if args.reference else [])
+    filters = parse_image_filters(texts)
+    layout = ctx.store.layout
+    rows = filter_images(layout, list_images(layout, ctx.platform), filters, ctx.platform)
     if args.format == "json":
         for row in rows:
             ctx.out.write(json.dumps(row.to_json(), sort_keys=True) + "\n")
@@ -616,11 +627,6 @@ def cmd_images(ctx: _Context) -> int:
     return 0
 
 
-def _matches(ref: Reference, pattern: str) -> bool:
-    candidates = {str(ref), ref.name, ref.familiar(), f"{ref.familiar()}:{ref.tag}"}
-    return any(fnmatch.fnmatchcase(c, pattern) for c in candidates)
-
-
 def cmd_inspect(ctx: _Context) -> int:
     results: list[dict[str, Any]] = []
     missing: list[str] = []
@@ -632,6 +638,206 @@ def cmd_inspect(ctx: _Context) -> int:
     ctx.out.write(json.dumps(results, indent=4, sort_keys=False) + "\n")
     if missing:
         raise BuildError(missing[0] if len(missing) == 1 else "; ".join(missing))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ store verbs
+
+
+def _familiar_ref(ref: Reference | str) -> str:
+    """A name as docker prints it: ``busybox:latest``, ``registry.example.com/app@sha256:…``."""
+    if isinstance(ref, str):
+        return ref
+    return ref.familiar() + (f":{ref.tag}" if ref.tag else "") + (f"@{ref.digest}" if ref.digest else "")
+
+
+def _ellipsis(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def cmd_tag(ctx: _Context) -> int:
+    tag_image(ctx.store.layout, ctx.args.source, ctx.args.target, ctx.platform)
+    return 0
+
+
+def cmd_rmi(ctx: _Context) -> int:
+    args = ctx.args
+    failed = 0
+    for name in args.names:
+        try:
+            removed = storeops.remove_image(ctx.store, name, force=args.force, platform=ctx.platform)
+        except BuildError as err:  # as docker rmi: report it, go on with the other names, fail at the end
+            _report(err)
+            failed += 1
+            continue
+        for ref in removed.untagged:
+            print(f"Untagged: {_familiar_ref(ref)}", file=ctx.out)
+        if removed.image is not None:
+            print(f"Deleted: {removed.image}", file=ctx.out)
+            for digest, _size in removed.swept.blobs:
+                if digest != removed.image:
+                    print(f"Deleted: {digest}", file=ctx.out)
+    return 1 if failed else 0
+
+
+def cmd_prune(ctx: _Context) -> int:
+    args = ctx.args
+    options = storeops.PruneOptions(until=min((seconds for _, seconds in args.filter), default=None))
+    agreed = None
+    if sys.stdin.isatty() and not args.force and args.format != "json":
+        planned = storeops.plan_prune(ctx.store, options)
+        if planned.images or planned.swept.blobs or planned.swept.snapshots:
+            swept = planned.swept
+            sys.stderr.write(
+                "WARNING! This will remove:\n"
+                f"  - all dangling images ({len(planned.images)})\n"
+                f"  - all blobs no image, running build or cached step needs ({len(swept.blobs)})\n"
+                f"  - all snapshots no image or cached step needs ({len(swept.snapshots)})\n"
+                f"({_human_size(planned.reclaimed)} in all)\n"
+                "Are you sure you want to continue? [y/N] "
+            )
+            sys.stderr.flush()
+            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+                raise BuildError("aborted")
+        agreed = {image.digest for image in planned.images}
+    result = storeops.prune(ctx.store, options, only=agreed)
+    if args.format == "json":
+        _json_out(ctx, result.to_json())
+        return 0
+    for title, lines in (
+        ("Deleted Images:", [f"deleted: {image.id or image.digest}" for image in result.images]),
+        ("Deleted Blobs:", [f"deleted: {digest} ({_human_size(size)})" for digest, size in result.swept.blobs]),
+        ("Deleted Snapshots:", [f"deleted: {d} ({_human_size(size)})" for d, size in result.swept.snapshots]),
+    ):
+        if lines:
+            ctx.out.write(title + "\n" + "".join(line + "\n" for line in lines) + "\n")
+    ctx.out.write(f"Total reclaimed space: {_human_size(result.reclaimed)}\n")
+    return 0
+
+
+def cmd_system_df(ctx: _Context) -> int:
+    args = ctx.args
+    usage = storeops.system_df(ctx.store, ctx.platform)
+    if args.format == "json":
+        if args.verbose:
+            _json_out(ctx, usage.to_json(verbose=True))
+        else:
+            for row in usage.rows:  # one object per line, as docker system df --format json
+                ctx.out.write(json.dumps(row.to_json()) + "\n")
+        return 0
+    if args.verbose:
+        ctx.out.write("Images space usage:\n\n")
+        table = [["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "SHARED SIZE", "UNIQUE SIZE", "CONTAINERS"]]
+        for image in usage.images:
+            ref = image.summary.reference
+            table.append(
+                [
+                    ref.familiar() if ref else "<none>",
+                    ref.tag if ref and ref.tag else "<none>",
+                    image.summary.image.id.short,
+                    _ago(image.summary.image.config.created),
+                    _human_size(image.size),
+                    _human_size(image.shared),
+                    _human_size(image.unique),
+                    str(image.containers),
+                ]
+            )
+        _table(table, ctx.out)
+        ctx.out.write(f"\nBuild cache usage: {_human_size(usage.cache.total)}\n\n")
+        table = [["CACHE ID", "STEP", "SIZE", "LAST USED", "USAGE", "SHARED"]]
+        for record in usage.cache.records:
+            entry = record.entry
+            table.append(
+                [
+                    entry.key.short,
+                    _cut(entry.step, 40),
+                    _human_size(entry.size),
+                    _ago(rfc3339(entry.last_used)),
+                    str(entry.hits),
+                    "true" if record.shared else "false",
+                ]
+            )
+        _table(table, ctx.out)
+        ctx.out.write("\n")
+    table = [["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]]
+    for row in usage.rows:
+        share = f" ({row.reclaimable * 100 // row.size}%)" if row.size else ""
+        table.append(
+            [row.type, str(row.total), str(row.active), _human_size(row.size), _human_size(row.reclaimable) + share]
+        )
+    _table(table, ctx.out)
+    return 0
+
+
+def cmd_history(ctx: _Context) -> int:
+    args = ctx.args
+    rows = image_history(ctx.store.layout, args.image, ctx.platform)
+
+    def shown_id(text: str) -> str:
+        return text if args.no_trunc or text == "<missing>" else text.removeprefix("sha256:")[:12]
+
+    if args.quiet:
+        for row in rows:
+            ctx.out.write(shown_id(row.id) + "\n")
+        return 0
+    if args.format == "json":
+        for row in rows:  # one object per line, as docker history --format json
+            data = {**row.to_json(), "CreatedSince": _ago(row.created) if row.created else "N/A"}
+            ctx.out.write(json.dumps(data, ensure_ascii=False) + "\n")
+        return 0
+    table = [["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]]
+    for row in rows:
+        created_by = " ".join(row.created_by.replace("\t", " ").splitlines())
+        table.append(
+            [
+                shown_id(row.id),
+                _ago(row.created) if row.created else "N/A",
+                created_by if args.no_trunc else _ellipsis(created_by, 45),
+                _human_size(row.size),
+                row.comment,
+            ]
+        )
+    _table(table, ctx.out)
+    return 0
+
+
+def _archive_compression(text: str | None) -> Compression | None:
+    if not text:
+        return None
+    try:
+        return Compression.parse(text)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def cmd_save(ctx: _Context) -> int:
+    args = ctx.args
+    compression = _archive_compression(args.compression)
+    with storeops.archive_output(args.output, sys.stdout.buffer) as out:
+        storeops.save_images(
+            ctx.store, args.images, out, format=args.format, platform=ctx.platform, compression=compression
+        )
+    return 0
+
+
+def cmd_load(ctx: _Context) -> int:
+    args = ctx.args
+    loaded = storeops.load_images(ctx.store, args.input or "-", sys.stdin.buffer, ctx.platform)
+    for item in loaded:
+        for ref, old in item.replaced:
+            name = _familiar_ref(ref)
+            print(f"The image {name} already exists, renaming the old one with ID {old} to empty string", file=ctx.out)
+        for ref in item.names:
+            print(f"Loaded image: {_familiar_ref(ref)}", file=ctx.out)
+        if not item.names:
+            print(f"Loaded image ID: {item.id}", file=ctx.out)
+    return 0
+
+
+def cmd_export(ctx: _Context) -> int:
+    args = ctx.args
+    with storeops.archive_output(args.output, sys.stdout.buffer) as out:
+        storeops.export_rootfs(ctx.store, args.image, out, ctx.platform)
     return 0
 
 
@@ -959,13 +1165,75 @@ examples:
 examples:
   pybuild verify --key pybuild.pub registry.example.com/team/app:1.0
   pybuild verify --key pybuild.pub --format json registry.example.com/team/app:1.0 | jq '.[0].critical'""",
-    "images": """examples:
+    "images": """Untagged images (a name moved to another image, or a load without names) are listed as
+<none> <none>; 'pybuild prune' removes them. pybuild keeps no intermediate images, so -a lists
+the same images (untagged ones included) as without it.
+
+examples:
   pybuild images
+  pybuild images busybox
   pybuild images --format json | jq -r .Name
-  pybuild images -q --filter 'reference=busybox*'""",
+  pybuild images -q --filter 'reference=busybox*' --filter 'reference=app*'
+  pybuild images --filter dangling=true""",
     "inspect": """examples:
   pybuild inspect busybox
+  pybuild inspect busybox app:1.0 | jq -r '.[].Id'
   pybuild inspect busybox | jq -r '.[0].Config.Cmd'""",
+    "tag": """TARGET is normalised as docker does (app means docker.io/library/app:latest). The image TARGET
+named before stays, untagged, unless another name holds it.
+
+examples:
+  pybuild tag busybox mybase:1.0
+  pybuild tag 6dc5177be56f registry.example.com/team/base:1.0""",
+    "rmi": """Each name is untagged; the image is deleted (with the blobs and snapshots only it needed) once no
+other name holds it. Blobs the step cache holds stay until 'pybuild cache prune'.
+
+examples:
+  pybuild rmi app:1.0
+  pybuild rmi -f 6dc5177be56f""",
+    "prune": """Removes untagged (dangling) images, then every blob and snapshot that no image, running build,
+running container or cached step needs. Names are never removed, so nothing a tagged image needs
+goes, and a rebuild stays cached. docker image prune -a also deletes tagged images no container
+uses; pybuild leaves names to 'pybuild rmi', and keeps no intermediate images, so -a removes the
+same as without it. Asks first when standard input is a terminal, unless -f.
+
+examples:
+  pybuild prune
+  pybuild prune -f --filter until=24h
+  pybuild prune -f --format json | jq .SpaceReclaimed""",
+    "system": """examples:
+  pybuild system df
+  pybuild system df -v""",
+    "system df": """RECLAIMABLE is what 'pybuild prune' would free (for the build cache: 'pybuild cache prune --all').
+Cache mounts (RUN --mount=type=cache) do not exist yet: their row is always 0.
+
+examples:
+  pybuild system df
+  pybuild system df -v
+  pybuild system df --format json | jq -r 'select(.Type == "Images") | .Reclaimable'""",
+    "history": """examples:
+  pybuild history app
+  pybuild history --no-trunc --format json app | jq -r .CreatedBy""",
+    "save": """The docker format is what docker save writes (docker load and skopeo docker-archive: read it); the
+oci format is an OCI image layout tar (skopeo oci-archive:, podman load). Layers go as the store
+keeps them (uncompressed for what pybuild built, as docker save writes them) unless --compression
+says otherwise; then the same image ID comes back from a load.
+
+examples:
+  pybuild save -o app.tar app:1.0
+  pybuild save --format oci -o app-oci.tar app:1.0 busybox
+  pybuild save app | ssh build-host docker load""",
+    "load": """Reads either format (docker save's archive, or an OCI image layout tar), plain or gzip/zstd
+compressed; every blob and layer is verified on the way into the store.
+
+examples:
+  pybuild load -i app.tar
+  docker save busybox | pybuild load""",
+    "export": """The image's flattened root filesystem (every layer applied, deleted files gone), as docker export.
+
+examples:
+  pybuild export -o rootfs.tar app
+  pybuild export app | tar -t | head""",
     "cache": """examples:
   pybuild cache ls
   pybuild cache du --verbose
@@ -1114,6 +1382,83 @@ def _build_parser() -> _Parser:
     p.add_argument("--no-trunc", action="store_true", help="show whole history lines")
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="which image of a multi-platform index to show")
+
+    p = verb("tag", "Give an image another name, as docker tag", cmd_tag)
+    p.add_argument("source", metavar="SOURCE", help="the image: a name, an image ID (or prefix) or a manifest digest")
+    p.add_argument("target", metavar="TARGET[:TAG]", help="the new name (it moves here if it named another image)")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="which image of a multi-platform index SOURCE is")
+
+    p = verb("rmi", "Remove image names, and images no name holds any more, as docker rmi", cmd_rmi)
+    p.add_argument("names", metavar="IMAGE", nargs="+", help="a name, an image ID (or prefix) or a manifest digest")
+    p.add_argument(
+        "-f", "--force", action="store_true", help="remove an image named by ID even if several names hold it"
+    )
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="which image of a multi-platform index is meant")
+
+    p = verb("prune", "Remove dangling images, and the blobs and snapshots nothing needs", cmd_prune)
+    p.add_argument(
+        "-a",
+        "--all",
+        action="store_true",
+        help="accepted for docker's sake: names are never pruned (use rmi) and there are no intermediate images, "
+        "so it removes the same untagged images",
+    )
+    p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        type=_prune_filter,
+        metavar="until=DURATION",
+        help="only images created, and blobs and snapshots written, longer ago than DURATION (24h, 90m, 7d)",
+    )
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+
+    p = verb("system", "Show the store's disk usage", _no_subcommand)
+    system_verbs = p.add_subparsers(dest="system_command", metavar="COMMAND", parser_class=_Parser)
+    p = system_verbs.add_parser(
+        "df",
+        help="Show disk usage by images, blobs, snapshots, the step cache and cache mounts",
+        description="Show disk usage by images, blobs, snapshots, the step cache and cache mounts (none exist "
+        "yet: always 0), with what pruning would reclaim.",
+        epilog=_EXAMPLES["system df"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    p.set_defaults(run=cmd_system_df)
+    p.add_argument("-v", "--verbose", action="store_true", help="also each image's and each cache entry's space")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="which image of a multi-platform index to show")
+
+    p = verb("history", "Show an image's history: each step, its time, command and layer size", cmd_history)
+    p.add_argument("image", metavar="IMAGE", help="a name, an image ID (or prefix) or a manifest digest")
+    p.add_argument("--no-trunc", action="store_true", help="full IDs and commands")
+    p.add_argument("-q", "--quiet", action="store_true", help="only the IDs (<missing> below the image itself)")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="which image of a multi-platform index to show")
+
+    p = verb("save", "Write images to an archive that docker load or skopeo reads", cmd_save)
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="a name (a repository alone: all its tags) or an ID")
+    p.add_argument("-o", "--output", metavar="FILE", help="the archive (default: standard output, never a terminal)")
+    p.add_argument(
+        "--format", choices=("docker", "oci"), default="docker", help="docker (docker save's, default) or oci"
+    )
+    p.add_argument(
+        "--compression",
+        metavar="gzip|zstd|uncompressed",
+        help="compress the layers (default: as the store keeps them; zstd only with --format oci)",
+    )
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="which image of a multi-platform index to save")
+
+    p = verb("load", "Load images from a docker or OCI archive into the store", cmd_load)
+    p.add_argument("-i", "--input", metavar="FILE", help="the archive (default: standard input)")
+    p.add_argument("-q", "--quiet", action="store_true", help="accepted for docker's sake (there is no progress)")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="which image of a multi-platform archive to load")
+
+    p = verb("export", "Write an image's flattened root filesystem as a tar, as docker export", cmd_export)
+    p.add_argument("image", metavar="IMAGE", help="a name, an image ID (or prefix) or a manifest digest")
+    p.add_argument("-o", "--output", metavar="FILE", help="the tar (default: standard output, never a terminal)")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="which image of a multi-platform index")
 
     p = verb("pull", "Pull an image from a registry into the store", cmd_pull)
     p.add_argument("name", metavar="NAME[:TAG|@DIGEST]", help="the image (short names are Docker Hub's)")
@@ -1301,16 +1646,21 @@ def _build_parser() -> _Parser:
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
 
     p = verb("images", "List images in the store", cmd_images)
+    p.add_argument("reference", metavar="REPOSITORY[:TAG]", nargs="?", help="only images matching this (a glob)")
+    p.add_argument(
+        "-a", "--all", action="store_true", help="the same list: pybuild keeps no intermediate images to add"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
     p.add_argument("--digests", action="store_true", help="show manifest digests")
     p.add_argument("--no-trunc", action="store_true", help="full image IDs")
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     p.add_argument(
         "--filter",
-        dest="filter_reference",
-        metavar="reference=PATTERN",
-        type=_reference_filter,
-        help="only references matching a glob",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dangling=true|false, reference=GLOB, label=KEY[=VALUE], before=IMAGE, since=IMAGE (repeatable: "
+        "values of one key match when any does, label when all do; different keys must all match)",
     )
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="which image of a multi-platform index to show")
 
@@ -1351,13 +1701,6 @@ def _add_global_options(parser: argparse.ArgumentParser, *, after_verb: bool) ->
         default=argparse.SUPPRESS if after_verb else [],
         help="allow plain HTTP and unverified TLS for this registry (loopback hosts need no flag)",
     )
-
-
-def _reference_filter(text: str) -> str:
-    key, eq, value = text.partition("=")
-    if key != "reference" or not eq or not value:
-        raise argparse.ArgumentTypeError(f"unsupported filter {text!r} (supported: reference=PATTERN)")
-    return value
 
 
 _GLOBAL_WITH_VALUE = ("--root", "--insecure-registry")

@@ -92,7 +92,19 @@ from oci.reference import Reference
 from oci.store import ContentStore, atomic_file
 from oci.tarformat import EntryType, TarEntry, TarWriter
 
-__all__ = ["CREATED", "Exported", "OutputSpec", "check_destination", "export_image", "parse_output", "prepare_export"]
+__all__ = [
+    "CREATED",
+    "Exported",
+    "OutputSpec",
+    "check_destination",
+    "export_image",
+    "exported_as_stored",
+    "exported_view",
+    "parse_output",
+    "prepare_export",
+    "write_oci_archive",
+    "write_rootfs_tar",
+]
 
 #: The annotation of the index.json entry that says when the image was made.
 CREATED = "org.opencontainers.image.created"
@@ -321,14 +333,14 @@ def export_image(
         _export_local(Path(spec.dest), image, store, epoch, say)
     elif spec.type == "tar":
         with _output(spec, stdout) as out:
-            _write_rootfs_tar(image, store, epoch, out, say)
+            write_rootfs_tar(image, store, epoch, out, say)
     elif spec.type == "oci" and not spec.tar:
         exported = prepare_export(image, store, kind, spec.annotations, say)
         _write_oci_directory(Path(spec.dest), exported, refs, store, epoch, say)
     elif spec.type == "oci":
         exported = prepare_export(image, store, kind, spec.annotations, say)
         with _output(spec, stdout) as out:
-            _write_oci_tar(exported, refs, store, epoch, out, say)
+            write_oci_archive([(exported, refs)], store, epoch, out, say)
     elif spec.type == "docker":
         if kind is Compression.ZSTD:
             raise UsageError(
@@ -336,9 +348,7 @@ def export_image(
                 hint="use --compression gzip or uncompressed, or type=oci",
             )
         exported = prepare_export(image, store, kind, spec.annotations, say)
-        view = Image(
-            _WithDocuments(store.layout.store, {exported.manifest.digest: exported.raw_manifest}), exported.manifest
-        )
+        view = exported_view(exported, store)
         say("writing docker archive")
         with _output(spec, stdout) as out:
             write_docker_archive([(view, refs)], out)
@@ -396,6 +406,20 @@ def prepare_export(
     ).encode()
     descriptor = Descriptor(mt.OCI_MANIFEST, Digest.of_bytes(raw), len(raw))
     return Exported(image, descriptor, raw, layers)
+
+
+def exported_as_stored(image: Image) -> Exported:
+    """The image exactly as the store keeps it (its own manifest and layers: nothing recompressed)."""
+    descriptor = image.descriptor
+    manifest = Descriptor(descriptor.media_type, descriptor.digest, descriptor.size)
+    return Exported(image, manifest, image.raw_manifest, image.layers)
+
+
+def exported_view(exported: Exported, store: Store) -> Image:
+    """``exported`` as an image whose blobs are the store's plus its own manifest (held in memory)."""
+    return Image(
+        _WithDocuments(store.layout.store, {exported.manifest.digest: exported.raw_manifest}), exported.manifest
+    )
 
 
 def _as_oci_layer(layer: Descriptor) -> Descriptor:
@@ -463,27 +487,32 @@ def _blobs(exported: Exported) -> list[Descriptor]:
     return list(unique.values())
 
 
-def _open_blob(exported: Exported, store: Store, desc: Descriptor) -> BinaryIO:
-    if desc.digest == exported.manifest.digest:
-        return io.BytesIO(exported.raw_manifest)
+def _open_any(images: Sequence[Exported], store: Store, desc: Descriptor) -> BinaryIO:
+    for exported in images:
+        if desc.digest == exported.manifest.digest:
+            return io.BytesIO(exported.raw_manifest)
     return store.layout.store.open(desc.digest, desc.size)
 
 
-def _write_oci_tar(
-    exported: Exported,
-    refs: Sequence[Reference],
+def write_oci_archive(
+    images: Sequence[tuple[Exported, Sequence[Reference]]],
     store: Store,
     epoch: int | None,
     out: BinaryIO,
     say: Callable[[str], None],
 ) -> None:
-    say(f"writing image {exported.manifest.digest}")
-    index = Index(manifests=tuple(_index_entries(exported, refs, epoch, directory=False)))
+    """An OCI image layout holding ``images`` (each with its names; see the module docstring) as one tar."""
+    entries: list[Descriptor] = []
+    for exported, refs in images:
+        say(f"writing image {exported.manifest.digest}")
+        entries += _index_entries(exported, refs, epoch, directory=False)
+    index = Index(manifests=tuple(entries))
     documents = {
         LAYOUT_FILE: canonical_json({"imageLayoutVersion": LAYOUT_VERSION}),
         "index.json": index.encode(),
     }
-    blobs = {f"blobs/{d.digest.algorithm}/{d.digest.encoded}": d for d in _blobs(exported)}
+    exported_images = [exported for exported, _ in images]
+    blobs = {f"blobs/{d.digest.algorithm}/{d.digest.encoded}": d for e in exported_images for d in _blobs(e)}
     directories = {"blobs"} | {path.rsplit("/", 1)[0] for path in blobs}
     mtime = epoch or 0
     writer = TarWriter(out)
@@ -495,7 +524,7 @@ def _write_oci_tar(
             writer.add(TarEntry(path, EntryType.FILE, mode=0o644, size=len(data), mtime=mtime), io.BytesIO(data))
         else:
             desc = blobs[path]
-            with _open_blob(exported, store, desc) as stream:
+            with _open_any(exported_images, store, desc) as stream:
                 writer.add(TarEntry(path, EntryType.FILE, mode=0o644, size=desc.size, mtime=mtime), stream)
                 if stream.read(1):  # also where the store's reader checks the digest of what it gave
                     raise SizeMismatch(f"blob {desc.digest}: more than {desc.size} bytes")
@@ -518,7 +547,7 @@ def _write_oci_directory(
         for desc in _blobs(exported):
             if layout.store.has(desc.digest) and layout.store.size(desc.digest) == desc.size:
                 continue  # the store publishes only verified blobs named by their digest: already there
-            with _open_blob(exported, store, desc) as stream:
+            with _open_any([exported], store, desc) as stream:
                 layout.store.put(stream, desc.digest, desc.size)
         entries = _index_entries(exported, refs, epoch, directory=True)
         say(f"writing image {exported.manifest.digest} into {dest}")
@@ -591,7 +620,8 @@ def _export_local(dest: Path, image: Image, store: Store, epoch: int | None, say
         _remove(scratch)
 
 
-def _write_rootfs_tar(image: Image, store: Store, epoch: int | None, out: BinaryIO, say: Callable[[str], None]) -> None:
+def write_rootfs_tar(image: Image, store: Store, epoch: int | None, out: BinaryIO, say: Callable[[str], None]) -> None:
+    """The image's flattened root filesystem (whiteouts applied) as one tar, as ``type=tar`` writes it."""
     scratch = store.scratch_dir("export")
     try:
         _flatten(image, store, scratch, say)

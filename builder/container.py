@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from builder.cache import store_guard
 from builder.commit import rfc3339, store_image
 from builder.errors import BuildError, UsageError
 from builder.executor import RunSpec, run_container
@@ -117,9 +118,10 @@ def run_image(
             status = run_container(scratch, lowers, spec, on_output or (lambda _: None), interactive=on_output is None)
         committed = None
         if request.commit:
-            committed = _commit(store, image, rootfs, scratch / "upper", RootView(lowers), spec)
-            if name_image is not None:
-                name_image(committed)
+            with store_guard(store.root):  # a prune waits until the new layer and image are named
+                committed = _commit(store, image, rootfs, scratch / "upper", RootView(lowers), spec)
+                if name_image is not None:
+                    name_image(committed)
         return ContainerResult(container_id, status, committed)
     finally:
         remove_dir(scratch)

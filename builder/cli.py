@@ -1274,12 +1274,22 @@ def _build_parser() -> _Parser:
     _add_global_options(common, after_verb=True)
     verbs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    def verb(name: str, help_text: str, run: Callable[[_Context], int]) -> _Parser:
-        sub = verbs.add_parser(
+    def verb(
+        name: str,
+        help_text: str,
+        run: Callable[[_Context], int],
+        *,
+        group: Any = verbs,
+        parent: str = "",
+        description: str = "",
+    ) -> _Parser:
+        """A verb (or, in ``group``, a sub-verb of ``parent``: ``cache ls``), with its examples as the epilog."""
+        full = f"{parent} {name}" if parent else name
+        sub = group.add_parser(
             name,
             help=help_text,
-            description=help_text,
-            epilog=_EXAMPLES.get(name),
+            description=description or help_text,
+            epilog=_EXAMPLES.get(full),
             formatter_class=argparse.RawDescriptionHelpFormatter,
             parents=[common],
         )
@@ -1416,16 +1426,15 @@ def _build_parser() -> _Parser:
 
     p = verb("system", "Show the store's disk usage", _no_subcommand)
     system_verbs = p.add_subparsers(dest="system_command", metavar="COMMAND", parser_class=_Parser)
-    p = system_verbs.add_parser(
+    p = verb(
         "df",
-        help="Show disk usage by images, blobs, snapshots, the step cache and cache mounts",
+        "Show disk usage by images, blobs, snapshots, the step cache and cache mounts",
+        cmd_system_df,
+        group=system_verbs,
+        parent="system",
         description="Show disk usage by images, blobs, snapshots, the step cache and cache mounts (none exist "
         "yet: always 0), with what pruning would reclaim.",
-        epilog=_EXAMPLES["system df"],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common],
     )
-    p.set_defaults(run=cmd_system_df)
     p.add_argument("-v", "--verbose", action="store_true", help="also each image's and each cache entry's space")
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="which image of a multi-platform index to show")
@@ -1499,16 +1508,15 @@ def _build_parser() -> _Parser:
 
     p = verb("key", "Make a key pair for signing images", _no_subcommand)
     key_verbs = p.add_subparsers(dest="key_command", metavar="COMMAND", parser_class=_Parser)
-    p = key_verbs.add_parser(
+    p = verb(
         "generate",
-        help="Write a new ECDSA P-256 key pair: PREFIX.key (private) and PREFIX.pub (public)",
+        "Write a new ECDSA P-256 key pair: PREFIX.key (private) and PREFIX.pub (public)",
+        cmd_key_generate,
+        group=key_verbs,
+        parent="key",
         description="Write a new ECDSA P-256 key pair for 'pybuild sign': PREFIX.key and PREFIX.pub. Existing files "
         "are never overwritten.",
-        epilog=_EXAMPLES["key generate"],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common],
     )
-    p.set_defaults(run=cmd_key_generate)
     p.add_argument(
         "-o", "--output", metavar="PREFIX", default="pybuild", help="write PREFIX.key and PREFIX.pub (default: pybuild)"
     )
@@ -1526,16 +1534,15 @@ def _build_parser() -> _Parser:
 
     p = verb("context", "Inspect build contexts", _no_subcommand)
     context_verbs = p.add_subparsers(dest="context_command", metavar="COMMAND", parser_class=_Parser)
-    p = context_verbs.add_parser(
+    p = verb(
         "ls",
-        help="List what a build would send, and why anything is left out",
+        "List what a build would send, and why anything is left out",
+        cmd_context_ls,
+        group=context_verbs,
+        parent="context",
         description="List the files a build of CONTEXT would send, after .dockerignore. With --why, list the "
         "excluded paths too, each with the ignore rule (file:line: pattern) that decided it.",
-        epilog=_EXAMPLES["context ls"],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common],
     )
-    p.set_defaults(run=cmd_context_ls)
     p.add_argument("context", metavar="CONTEXT", help="the build context directory")
     p.add_argument(
         "-f", "--file", metavar="PATH", help="the Dockerfile (its PATH.dockerignore wins over .dockerignore)"
@@ -1547,16 +1554,7 @@ def _build_parser() -> _Parser:
     cache_verbs = p.add_subparsers(dest="cache_command", metavar="COMMAND", parser_class=_Parser)
 
     def cache_verb(name: str, help_text: str, description: str, run: Callable[[_Context], int]) -> _Parser:
-        sub = cache_verbs.add_parser(
-            name,
-            help=help_text,
-            description=description,
-            epilog=_EXAMPLES[f"cache {name}"],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            parents=[common],
-        )
-        sub.set_defaults(run=run)
-        return sub
+        return verb(name, help_text, run, group=cache_verbs, parent="cache", description=description)
 
     p = cache_verb(
         "ls",

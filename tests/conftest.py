@@ -104,6 +104,25 @@ def run_pybuild(*args: str, input: str | bytes | None = None, env: dict[str, str
     return CLIResult(proc)
 
 
+def run_pybuild_on_a_terminal(answer: str, *args: str) -> CLIResult:
+    """The CLI with a terminal as standard input (so it asks before deleting), answering with ``answer``."""
+    primary, secondary = os.openpty()
+    try:
+        os.write(primary, answer.encode() + b"\n")
+        proc = subprocess.run(
+            [sys.executable, "-m", "builder", *args],
+            stdin=secondary,
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
+    finally:
+        os.close(primary)
+        os.close(secondary)
+    return CLIResult(proc)
+
+
 @pytest.fixture
 def pybuild() -> Iterator[object]:
     yield run_pybuild

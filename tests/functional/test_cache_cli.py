@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, CLIResult, require_root, run_pybuild
+from conftest import CLIResult, require_root, run_pybuild, run_pybuild_on_a_terminal
 
 # Longer than the 48 columns ls shows; its layer follows hello.txt, so a changed hello.txt changes both layers
 # even within one second (a layer's mtimes are whole seconds).
@@ -190,22 +188,7 @@ def test_prune_filters_and_sizes_are_checked(project: Path) -> None:
 
 
 def prune_on_a_terminal(answer: str, *args: str) -> CLIResult:
-    """``cache prune`` with a terminal as standard input, answering its question with ``answer``."""
-    primary, secondary = os.openpty()
-    try:
-        os.write(primary, answer.encode() + b"\n")
-        proc = subprocess.run(
-            [sys.executable, "-m", "builder", "cache", "prune", *args],
-            stdin=secondary,
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=120,
-        )
-    finally:
-        os.close(primary)
-        os.close(secondary)
-    return CLIResult(proc)
+    return run_pybuild_on_a_terminal(answer, "cache", "prune", *args)
 
 
 def test_prune_asks_on_a_terminal_unless_forced(project: Path) -> None:

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO, CLIResult, require_tool, run_pybuild, write_context
+from conftest import REPO, CLIResult, require_tool, run_pybuild, run_pybuild_on_a_terminal, write_context
 from test_docker_load import docker  # noqa: F401 - the private dockerd fixture, for docker load and save
 
 from builder.platforms import host_platform
@@ -176,22 +176,7 @@ def test_prune_reports_json_and_refuses_unknown_filters(tmp_path: Path, busybox:
 
 
 def prune_on_a_terminal(answer: str, *args: str) -> CLIResult:
-    """``prune`` with a terminal as standard input, answering its question with ``answer``."""
-    primary, secondary = os.openpty()
-    try:
-        os.write(primary, answer.encode() + b"\n")
-        proc = subprocess.run(
-            [sys.executable, "-m", "builder", "prune", *args],
-            stdin=secondary,
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=120,
-        )
-    finally:
-        os.close(primary)
-        os.close(secondary)
-    return CLIResult(proc)
+    return run_pybuild_on_a_terminal(answer, "prune", *args)
 
 
 def test_prune_asks_on_a_terminal_unless_forced(tmp_path: Path, busybox: str) -> None:

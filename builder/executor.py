@@ -24,7 +24,7 @@ from pathlib import Path
 
 from builder.errors import BuildError
 
-__all__ = ["DEFAULT_HOSTNAME", "RunSpec", "SandboxError", "run_container"]
+__all__ = ["DEFAULT_HOSTNAME", "MountPoint", "RunSpec", "SandboxError", "run_container"]
 
 DEFAULT_HOSTNAME = "buildkitsandbox"
 _SETUP_FAILED = 125
@@ -39,6 +39,20 @@ class SandboxError(BuildError):
 
 
 @dataclass(frozen=True)
+class MountPoint:
+    """A ``RUN --mount`` as the sandbox makes it, at ``target`` (absolute, inside the container): a bind of a host
+    path (a directory, a file or a socket: cache, bind, secret and ssh mounts) or a fresh tmpfs. Everything else about
+    a mount (where its source comes from, what it means for the cache key) is the builder's business."""
+
+    kind: str  # "bind" or "tmpfs"
+    target: str
+    source: str = ""  # bind: the host path
+    readonly: bool = False
+    size: int = 0  # tmpfs: its size limit in bytes (0: the kernel's default)
+    mode: int | None = None  # tmpfs: the mode of its root directory
+
+
+@dataclass(frozen=True)
 class RunSpec:
     argv: tuple[str, ...]
     env: tuple[str, ...]  # "K=V", exactly the command's environment (HOME is added from passwd when absent)
@@ -47,6 +61,7 @@ class RunSpec:
     network: str = "default"  # "default" and "host" share the host's network; "none" has only loopback
     hostname: str = DEFAULT_HOSTNAME
     scripts: tuple[tuple[str, str], ...] = ()  # RUN heredocs with a #! line: (name, content) in /dev/pipes
+    mounts: tuple[MountPoint, ...] = ()  # RUN --mount, in the order written (the sandbox does not make them yet)
 
 
 def _hosts(hostname: str) -> str:

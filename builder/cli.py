@@ -474,6 +474,7 @@ def cmd_build(ctx: _Context) -> int:
         cache_from=cache_from,
         cache_to=cache_to,
         remote=remote,
+        jobs=args.jobs,
     )
     result: BuildResult | None = None
     try:
@@ -983,6 +984,12 @@ def cmd_cache_explain(ctx: _Context) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return int(text)
+
+
 def _size_arg(text: str) -> int:
     try:
         return cacheops.parse_size(text)
@@ -1337,6 +1344,13 @@ def _build_parser() -> _Parser:
     p.add_argument("--no-cache", action="store_true", help="run every step (the new results are still cached)")
     p.add_argument("--pull", action="store_true", help="ask the registry what each FROM tag names, even if stored")
     p.add_argument("--push", action="store_true", help="push the image under every -t name (= --output type=registry)")
+    p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=0,
+        metavar="N",
+        help="build up to N independent stages at once (default: one per CPU; 1: one stage after another)",
+    )
     _add_chunk_size(p)
     p.add_argument(
         "--cache-from",

@@ -19,17 +19,20 @@ fails is dropped rather than failing the build. The view is redrawn by the calls
 from __future__ import annotations
 
 import codecs
+import functools
 import math
 import os
 import re
 import shutil
 import sys
+import threading
 import time
 import unicodedata
 from collections import deque
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, TextIO, TypeVar
 
+_T = TypeVar("_T")
 __all__ = ["MODES", "Progress", "StepProgress"]
 
 MODES = ("auto", "tty", "plain", "quiet")
@@ -140,10 +143,22 @@ class StepProgress:
         return line
 
 
+def _locked(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Run ``method`` holding the display's lock (a step's output and another stage's step may arrive at once)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Progress, *args: Any, **kwargs: Any) -> _T:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class Progress:
     """Reports a build's steps (``step``) and one-off status lines (``status``); ``done`` ends the display.
 
-    Events are expected from one thread. ``clock`` is injectable so tests can drive timings and throttling.
+    Events may come from several threads (stages run in parallel): one lock orders them. ``clock`` is injectable
+    so tests can drive timings and throttling.
     """
 
     def __init__(
@@ -177,9 +192,11 @@ class Progress:
         self._last_draw = -math.inf
         self._view_from = 0
         self._status = ""
+        self._lock = threading.RLock()
 
     # -------------------------------------------------------------------------------------------- the API
 
+    @_locked
     def status(self, text: str) -> None:
         """A one-off status line (``[  1.2s] unpacking rootfs.tar``); in a terminal it replaces the last one."""
         now = self._clock()
@@ -189,6 +206,7 @@ class Progress:
             self._status = line
             self._draw(now)
 
+    @_locked
     def step(self, name: str, *, stage: str = "", index: int = 0, total: int = 0) -> StepProgress:
         """Start a step. ``name`` is the instruction as shown (``RUN make -j4``); ``stage``, ``index`` and
         ``total`` make the ``[build 2/5]`` label."""
@@ -205,10 +223,12 @@ class Progress:
             self._draw(now)
         return step
 
+    @_locked
     def expect(self, steps: int) -> None:
         """Say how many steps the build will run, so the terminal header reads (done/expected)."""
         self._expected = max(0, int(steps))
 
+    @_locked
     def refresh(self) -> None:
         """Redraw the live view if it is due; an engine waiting on a quiet step can call this to move the clocks."""
         if self._tty and self._drawn:
@@ -216,6 +236,7 @@ class Progress:
             if now - self._last_draw >= REDRAW_INTERVAL - _SLACK:
                 self._draw(now)
 
+    @_locked
     def done(self) -> None:
         """End the display: steps still running are marked canceled, and a terminal gets the final list."""
         for step in self._steps:
@@ -229,6 +250,7 @@ class Progress:
 
     # --------------------------------------------------------------------------------------------- events
 
+    @_locked
     def _log(self, step: StepProgress, data: bytes) -> None:
         now = self._clock()
         text = data if isinstance(data, str) else step._decoder.decode(data)
@@ -240,6 +262,7 @@ class Progress:
             if now - self._last_draw >= REDRAW_INTERVAL - _SLACK:
                 self._draw(now)
 
+    @_locked
     def _note(self, step: StepProgress, text: str) -> None:
         step.notes.append(text)
         if self._plain:
@@ -247,6 +270,7 @@ class Progress:
         if self._tty:
             self._draw(self._clock())
 
+    @_locked
     def _end(self, step: StepProgress, state: str, message: str = "", *, draw: bool = True) -> None:
         if step.state != _RUNNING:
             return

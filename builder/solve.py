@@ -25,13 +25,18 @@ build's start time; ``SOURCE_DATE_EPOCH`` replaces every such time and clamps ev
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 from builder import cachekey
 from builder import copy as copying
@@ -82,6 +87,7 @@ class BuildOptions:
     cache_from: tuple[CacheSpec, ...] = ()  # --cache-from: portable caches consulted after the store's
     cache_to: tuple[CacheSpec, ...] = ()  # --cache-to: where this build's entries are exported
     remote: Remote | None = None  # registries: FROM pulls what the store lacks (None: the store only)
+    jobs: int = 0  # stages built at once (0: one per CPU)
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,24 @@ def _display(instruction: ins.Instruction) -> str:
     return " ".join(instruction.original.split())
 
 
+_T = TypeVar("_T")
+
+
+def _serialized(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Run a ``_Solver`` method holding its lock: it reads or fills state that parallel stages share."""
+
+    @functools.wraps(method)
+    def wrapper(self: _Solver, *args: Any, **kwargs: Any) -> _T:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+class Cancelled(BuildError):
+    """Another stage failed, or the build was interrupted: this stage stops at its next step."""
+
+
 class _Solver:
     def __init__(self, plan: BuildPlan, store: Store, options: BuildOptions, progress: Progress) -> None:
         self.plan = plan
@@ -166,7 +190,20 @@ class _Solver:
         # needs the layer's content (``fetch_imported``), so a stage nothing needs costs no download.
         self.deferred: dict[Digest, tuple[ImportedCache, CacheEntry]] = {}
         self.stage_keys: dict[int, list[Digest]] = {}  # the entries each stage used or made, for --cache-to
-        self._held = contextlib.ExitStack()  # the cache guard, from a layer's commit until its entry is recorded
+        # Stages run in parallel threads (``run_stages``): what they share is guarded by one lock (memos of base
+        # images, the context tree and its stat caches, deferred imports), and a failure or an interrupt sets
+        # ``cancelled``, which every step and running container checks.
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self.cancelled = threading.Event()
+
+    @property
+    def _held(self) -> contextlib.ExitStack:
+        """This thread's hold on the cache guard, from a layer's commit until its entry is recorded."""
+        held: contextlib.ExitStack | None = getattr(self._local, "held", None)
+        if held is None:
+            held = self._local.held = contextlib.ExitStack()
+        return held
 
     # --- errors carry the Dockerfile location
 
@@ -177,6 +214,7 @@ class _Solver:
 
     # --- bases and sources
 
+    @_serialized
     def store_image(
         self, ref: str, platform: Platform, line: int, on_status: Callable[[str], None] | None = None
     ) -> Image:
@@ -205,6 +243,7 @@ class _Solver:
             self._images[key] = image
         return self._images[key]
 
+    @_serialized
     def context_image(self, name: str, platform: Platform, line: int) -> Image | None:
         """The image of ``--build-context NAME=oci-layout://DIR[:TAG]``, its blobs copied into the store."""
         value = self.options.contexts.get(name, "")
@@ -252,6 +291,7 @@ class _Solver:
         self._images[key] = stored
         return stored
 
+    @_serialized
     def context_tree(self, line: int) -> copying.SourceTree:
         if self._context_tree is None:
             if self.options.context is None:
@@ -267,6 +307,16 @@ class _Solver:
     def view(self, rootfs: Rootfs) -> RootView:
         self.fetch_imported(rootfs)
         return rootfs.view(self.snapshots, self.blobs)
+
+    def unless_cancelled(self, callback: Callable[..., None]) -> Callable[..., None]:
+        """``callback``, raising ``Cancelled`` once the build is cancelled: a running container is then killed."""
+
+        def checked(*args: Any) -> None:
+            if self.cancelled.is_set():
+                raise Cancelled("cancelled")
+            callback(*args)
+
+        return checked
 
     def skeleton(self) -> Path:
         if self._skeleton is None:
@@ -410,7 +460,9 @@ class _Solver:
         lowers = self.fetch_imported(rootfs).lowers(self.snapshots, self.blobs, self.skeleton())
         scratch = self.store.scratch_dir("run")
         try:
-            status = run_container(scratch, lowers, spec, out.log, self.progress.refresh)
+            status = run_container(
+                scratch, lowers, spec, self.unless_cancelled(out.log), self.unless_cancelled(self.progress.refresh)
+            )
             if status != 0:
                 shown = " ".join(step.argv)
                 raise BuildError(f'process "{shown}" did not complete successfully: exit code: {status}')
@@ -495,6 +547,8 @@ class _Solver:
         may_hit = self.may_hit(stage)
         index = 1
         for step in stage.steps:
+            if self.cancelled.is_set():
+                raise Cancelled("cancelled")
             changed = False
             if _works(step):
                 index += 1
@@ -579,6 +633,7 @@ class _Solver:
         """The history time of a step made at ``created`` (by this build or an earlier one)."""
         return self.created if self.options.epoch is not None else rfc3339(created)
 
+    @_serialized
     def stat_cache(self, root: bytes) -> StatCache:
         if root not in self.stats:
             self.stats[root] = StatCache(self.cache.load_stats(root), started_ns=int(self.started * 1e9))
@@ -627,10 +682,11 @@ class _Solver:
                 assert isinstance(tree, copying.ContextTree)
                 stats = self.stat_cache(tree.root)
                 links: dict[tuple[int, int], str] = {}
-                for path in instruction.sources:
-                    sums = checksum_source(tree, path, stats=stats, epoch=epoch, links=links)
-                    sources.append({"context": source.ref or ".", "path": path, "matches": sums.matches})
-                    inputs.checksums.append(sums)
+                with self._lock:  # the stat cache is one per context, shared by every stage
+                    for path in instruction.sources:
+                        sums = checksum_source(tree, path, stats=stats, epoch=epoch, links=links)
+                        sources.append({"context": source.ref or ".", "path": path, "matches": sums.matches})
+                        inputs.checksums.append(sums)
             else:
                 if source.kind == "stage":
                     origin = {"stage": self.plan.stage(source.stage).display}
@@ -646,6 +702,7 @@ class _Solver:
         inputs.record = cachekey.copy_record(state, step, sources, platform=platform, epoch=epoch)
         return inputs
 
+    @_serialized
     def lookup(self, key: Digest) -> CacheEntry | None:
         """The entry of ``key`` if its layer is in the store, else from a ``--cache-from`` cache (its layer is
         copied into the store, and the entry recorded locally, once something needs the layer: ``fetch_imported``);
@@ -669,6 +726,7 @@ class _Solver:
                 return found
         return None
 
+    @_serialized
     def fetch_imported(self, rootfs: Rootfs) -> Rootfs:
         """Fetch the layers of ``rootfs`` that came from a ``--cache-from`` hit and are not in the store yet, and
         record their entries in the store's index; a layer that cannot be fetched now fails the build."""
@@ -752,8 +810,7 @@ class _Solver:
                 self.imported.append(imported)
             working = sum(1 + sum(_works(s) for s in stage.steps) for stage in self.plan.stages)
             self.progress.expect(working)
-            for stage in self.plan.stages:
-                self.results[stage.index] = self.stage(stage)
+            self.run_stages()
             target = self.plan.stage(self.plan.target)
             result = self.results[target.index]
             self.progress.status("writing image")
@@ -767,6 +824,43 @@ class _Solver:
             self.release()
             raise
         return BuildResult(image, target, tuple(self.report), self.release)
+
+    def run_stages(self) -> None:
+        """Build every planned stage, each as soon as the stages it needs are built, up to ``jobs`` at a time.
+
+        Stages run in threads: a RUN waits on its container and a COPY mostly on the disk, so threads overlap the
+        work while one process keeps the store, the cache index and the display coherent. The first failure
+        cancels the rest (their running containers are killed) and is the one reported."""
+        stages = list(self.plan.stages)
+        jobs = max(1, self.options.jobs or os.cpu_count() or 1)
+        if jobs == 1 or len(stages) == 1:
+            for stage in stages:
+                self.results[stage.index] = self.stage(stage)
+            return
+        pending = {stage.index: stage for stage in stages}
+        running: dict[concurrent.futures.Future[StageResult], int] = {}
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="stage") as pool:
+            try:
+                while pending or running:
+                    for index, stage in list(pending.items()):
+                        if len(running) >= jobs:
+                            break
+                        if all(dep in self.results for dep in stage.deps):
+                            running[pool.submit(self.stage, stage)] = index
+                            del pending[index]
+                    if not running:
+                        raise BuildError("internal error: stages wait on each other")  # the plan refuses cycles
+                    done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                    for future in done:
+                        index = running.pop(future)
+                        self.results[index] = future.result()
+            except BaseException:
+                self.cancelled.set()
+                failures = [f.exception() for f in concurrent.futures.wait(running).done]
+                real = [e for e in failures if e is not None and not isinstance(e, Cancelled)]
+                if real and isinstance(sys.exc_info()[1], Cancelled):
+                    raise real[0] from None
+                raise
 
     def export_cache(self, spec: CacheSpec, target: PlannedStage) -> None:
         """``--cache-to``: ``mode=min`` exports the entries of the image's own layers (the target stage and the

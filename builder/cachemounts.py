@@ -344,15 +344,17 @@ class CacheMountStore:
         mounts.sort(key=lambda m: (-m.last_used, m.id))
         return mounts
 
-    def get(self, id: str) -> CacheMount | None:
-        """The mount ``id``, measured if need be; None when the store does not have it."""
+    def get(self, id: str, *, measure: bool = True) -> CacheMount | None:
+        """The mount ``id`` (its size measured if unknown, when ``measure``); None when the store does not have it."""
         _check_id(id)
         home = self.path(id)
         record = _read_record(home, id)
         if record is None or not _is_dir(home / _DATA):
             return None
         in_use = _in_use(home)
-        size = record["size"] if record["size"] is not None else self._measure(home, record, in_use)
+        size = record["size"]
+        if size is None and measure:
+            size = self._measure(home, record, in_use)
         return CacheMount(id, record["created"], record["last_used"], size, in_use, record["uses"])
 
     def _homes(self) -> list[Path]:
@@ -419,11 +421,15 @@ class CacheMountStore:
             remove_dir(trash)
             return found if found is not None else "missing"
 
-    def prune(self, *, until: float | None = None, now: float | None = None) -> Removed:
-        """Remove every mount no step is using (``until``: only those last used longer ago, in seconds)."""
+    def plan_prune(self, *, until: float | None = None, now: float | None = None) -> list[CacheMount]:
+        """The mounts ``prune`` would remove now: those no step is using (``until``: last used longer ago, in
+        seconds)."""
         moment = time.time() if now is None else now
-        chosen = [m.id for m in self.list() if not m.in_use and (until is None or moment - m.last_used > until)]
-        return self.remove(chosen)
+        return [m for m in self.list() if not m.in_use and (until is None or moment - m.last_used > until)]
+
+    def prune(self, *, until: float | None = None, now: float | None = None) -> Removed:
+        """Remove the mounts ``plan_prune`` names (each checked again: one a step took meanwhile stays)."""
+        return self.remove([m.id for m in self.plan_prune(until=until, now=now)])
 
     # --- archives
 
@@ -453,6 +459,8 @@ class CacheMountStore:
         try:
             with open_archive() as stream:
                 _check_archive(stream, archive.diff_id)
+                while stream.read(_CHUNK):  # to its end, so a verifying stream checks the compressed bytes too
+                    pass
         except UnsafeEntry as err:
             raise CacheMountError(f"{where}: refused: {err}") from None
         except OCIError as err:

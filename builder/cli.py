@@ -846,7 +846,9 @@ def cmd_export(ctx: _Context) -> int:
 
 
 def cmd_cache(ctx: _Context) -> int:
-    raise UsageError("cache needs a subcommand: ls, inspect, du, prune or explain", hint="see 'pybuild cache --help'")
+    raise UsageError(
+        "cache needs a subcommand: ls, inspect, du, prune, explain or mounts", hint="see 'pybuild cache --help'"
+    )
 
 
 @contextmanager
@@ -942,23 +944,39 @@ def cmd_cache_prune(ctx: _Context) -> int:
         keep_storage=args.keep_storage,
         until=min((seconds for _, seconds in args.filter), default=None),
     )
+    # Cache mounts are build cache too (buildx prune removes them): with --all, those no build uses go, unless
+    # --keep-storage asks to trim the step cache only.
+    mounts = _cache_mounts(ctx) if args.all and args.keep_storage is None else None
     with _cache_index(ctx) as index:
         agreed: set[str] | None = None
+        mount_ids: list[str] | None = None
         if sys.stdin.isatty() and not args.force and args.format != "json":
             planned = cacheops.plan_prune(ctx.store, index, options)
-            if planned:
+            mount_ids = [m.id for m in mounts.plan_prune(until=options.until)] if mounts else []
+            if planned or mount_ids:
+                also = f" and {len(mount_ids)} cache mounts" if mount_ids else ""
                 sys.stderr.write(
-                    f"WARNING! This will remove {len(planned)} cache entries. Are you sure you want to continue? [y/N] "
+                    f"WARNING! This will remove {len(planned)} cache entries{also}. Are you sure you want to continue? "
+                    "[y/N] "
                 )
                 sys.stderr.flush()
                 if sys.stdin.readline().strip().lower() not in ("y", "yes"):
                     raise BuildError("aborted")
             agreed = {str(entry.key) for entry in planned}
         result = cacheops.prune(ctx.store, index, options, only=agreed)
+    removed = None
+    if mounts is not None:
+        removed = mounts.remove(mount_ids) if mount_ids is not None else mounts.prune(until=options.until)
+    reclaimed = result.reclaimed + (removed.reclaimed if removed else 0)
     if args.format == "json":
-        _json_out(ctx, result.to_json())
+        data = result.to_json()
+        if removed is not None:
+            data["cache_mounts"] = [m.id for m in removed.removed]
+            data["reclaimed"] = reclaimed
+        _json_out(ctx, data)
         return 0
-    ctx.out.write(f"Deleted {len(result.deleted)} cache entries, reclaimed {_human_size(result.reclaimed)}\n")
+    also = f" and {len(removed.removed)} cache mounts" if removed and removed.removed else ""
+    ctx.out.write(f"Deleted {len(result.deleted)} cache entries{also}, reclaimed {_human_size(reclaimed)}\n")
     return 0
 
 
@@ -981,6 +999,86 @@ def cmd_cache_explain(ctx: _Context) -> int:
         elif step.status != "cached" and step.reason:
             line += f": {step.reason}"
         ctx.out.write(line.replace("\n", " ") + "\n")
+    return 0
+
+
+def _cache_mounts(ctx: _Context) -> Any:
+    from builder.cachemounts import CacheMountStore
+
+    return CacheMountStore(ctx.store.root)
+
+
+def cmd_cache_mounts(ctx: _Context) -> int:
+    raise UsageError(
+        "cache mounts needs a subcommand: ls, rm, export or import", hint="see 'pybuild cache mounts --help'"
+    )
+
+
+def cmd_cache_mounts_ls(ctx: _Context) -> int:
+    mounts = _cache_mounts(ctx).list()
+    if ctx.args.quiet:
+        ctx.out.write("".join(f"{mount.id}\n" for mount in mounts))
+        return 0
+    if ctx.args.format == "json":
+        _json_out(ctx, [mount.to_json() for mount in mounts])
+        return 0
+    table = [["ID", "SIZE", "LAST USED", "USES"]]
+    for mount in mounts:
+        size = _human_size(mount.size) if mount.size is not None else "-"
+        used = "in use" if mount.in_use else _ago(rfc3339(mount.last_used))
+        table.append([mount.id.replace("\n", "\\n"), size, used, str(mount.uses)])
+    _table(table, ctx.out)
+    return 0
+
+
+def cmd_cache_mounts_rm(ctx: _Context) -> int:
+    removed = _cache_mounts(ctx).remove(ctx.args.ids)
+    for mount in removed.removed:
+        print(f"Removed: {mount.id}", file=ctx.out)
+    problems = [f"cache mount {id!r} is in use by a running build" for id in removed.in_use]
+    problems += [f"no cache mount {id!r}" for id in removed.missing]
+    if problems:
+        raise BuildError("; ".join(problems))
+    return 0
+
+
+def cmd_cache_mounts_export(ctx: _Context) -> int:
+    from builder.cachemountshare import export_mounts, parse_location
+
+    args = ctx.args
+    location = parse_location(args.destination, "export")
+    remote = _remote(ctx) if location.ref is not None else None
+    progress = Progress("quiet" if args.quiet else args.progress)
+    try:
+        exported = export_mounts(_cache_mounts(ctx), location, args.ids, remote=remote, on_status=progress.status)
+    finally:
+        progress.done()
+    if not args.quiet:
+        for id, size in exported.mounts:
+            print(f"exported {id} ({_human_size(size)})", file=ctx.out)
+        digest = f" ({exported.manifest})" if exported.manifest is not None else ""
+        print(f"Exported {len(exported.mounts)} cache mounts to {exported.location}{digest}", file=ctx.out)
+    return 0
+
+
+def cmd_cache_mounts_import(ctx: _Context) -> int:
+    from builder.cachemountshare import import_mounts, parse_location
+
+    args = ctx.args
+    location = parse_location(args.source, "import")
+    remote = _remote(ctx) if location.ref is not None else None
+    progress = Progress("quiet" if args.quiet else args.progress)
+    try:
+        imported = import_mounts(_cache_mounts(ctx), location, args.ids, remote=remote, on_status=progress.status)
+    finally:
+        progress.done()
+    if not args.quiet:
+        for id, size in imported.mounts:
+            print(f"imported {id} ({_human_size(size)})", file=ctx.out)
+        print(f"Imported {len(imported.mounts)} cache mounts from {imported.location}", file=ctx.out)
+    if imported.in_use:
+        names = ", ".join(repr(id) for id in imported.in_use)
+        raise BuildError(f"not replaced, in use by a running build: {names}", hint="import again once it is done")
     return 0
 
 
@@ -1212,7 +1310,8 @@ examples:
   pybuild system df
   pybuild system df -v""",
     "system df": """RECLAIMABLE is what 'pybuild prune' would free (for the build cache: 'pybuild cache prune --all').
-Cache mounts (RUN --mount=type=cache) do not exist yet: their row is always 0.
+Cache mounts (RUN --mount=type=cache): ACTIVE are those a running build uses; the rest is reclaimable by
+'pybuild cache prune --all' ('pybuild prune' never removes them).
 
 examples:
   pybuild system df
@@ -1265,6 +1364,35 @@ examples:
     "cache explain": """examples:
   pybuild build -t app . && pybuild cache explain
   pybuild cache explain --format json | jq -r '.steps[] | select(.status == "built") | .reason'""",
+    "cache mounts": """Cache mounts are what RUN --mount=type=cache,id=ID,target=DIR keeps between builds; they are
+never part of an image or a cache key. 'pybuild prune' leaves them; 'pybuild cache prune --all'
+removes those no running build uses.
+
+examples:
+  pybuild cache mounts ls
+  pybuild cache mounts export /ci-cache/mounts && pybuild cache mounts import /ci-cache/mounts
+  pybuild cache mounts export type=registry,ref=registry.example.com/team/app-mounts:main""",
+    "cache mounts ls": """examples:
+  pybuild cache mounts ls
+  pybuild cache mounts ls --format json | jq -r '.[] | select(.size > 1e9) | .id'""",
+    "cache mounts rm": """examples:
+  pybuild cache mounts rm /root/.cache/pip
+  pybuild cache mounts ls -q | grep go-build | xargs pybuild cache mounts rm""",
+    "cache mounts export": """Tarballs are written deterministically: an unchanged mount gives the same bytes,
+so exporting or pushing it again writes or uploads nothing new.
+
+examples:
+  pybuild cache mounts export ./mounts
+  pybuild cache mounts export --id /var/cache/apt --id /var/lib/apt ./mounts
+  pybuild cache mounts export type=registry,ref=registry.example.com/team/app-mounts:main""",
+    "cache mounts import": """Every tarball is checked against the index, and refused if it holds anything
+pybuild's writer never makes (absolute names, .., entries below a symlink); owners, modes and
+times are kept.
+
+examples:
+  pybuild cache mounts import ./mounts
+  pybuild cache mounts import --id /root/.cache/go-build ./mounts
+  pybuild cache mounts import type=registry,ref=registry.example.com/team/app-mounts:main""",
 }
 
 
@@ -1446,8 +1574,8 @@ def _build_parser() -> _Parser:
         cmd_system_df,
         group=system_verbs,
         parent="system",
-        description="Show disk usage by images, blobs, snapshots, the step cache and cache mounts (none exist "
-        "yet: always 0), with what pruning would reclaim.",
+        description="Show disk usage by images, blobs, snapshots, the step cache and cache mounts, with what pruning "
+        "would reclaim.",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="also each image's and each cache entry's space")
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
@@ -1564,7 +1692,7 @@ def _build_parser() -> _Parser:
     p.add_argument("--why", action="store_true", help="also list excluded paths, with the rule that decided each")
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
 
-    p = verb("cache", "Manage the step cache", cmd_cache)
+    p = verb("cache", "Manage the step cache and cache mounts", cmd_cache)
     cache_verbs = p.add_subparsers(dest="cache_command", metavar="COMMAND", parser_class=_Parser)
 
     def cache_verb(name: str, help_text: str, description: str, run: Callable[[_Context], int]) -> _Parser:
@@ -1607,7 +1735,13 @@ def _build_parser() -> _Parser:
         "they held. By default, only entries whose layer no image in the store uses.",
         cmd_cache_prune,
     )
-    p.add_argument("-a", "--all", action="store_true", help="also entries whose layer an image uses, or with none")
+    p.add_argument(
+        "-a",
+        "--all",
+        action="store_true",
+        help="also entries whose layer an image uses, or with none, and the cache mounts no build uses (unless "
+        "--keep-storage)",
+    )
     p.add_argument(
         "--keep-storage",
         type=_size_arg,
@@ -1632,6 +1766,55 @@ def _build_parser() -> _Parser:
         cmd_cache_explain,
     )
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+
+    p = cache_verb(
+        "mounts",
+        "Manage RUN --mount=type=cache directories: list, remove, export, import",
+        "Manage the directories RUN --mount=type=cache keeps in the store between builds, and carry them to other "
+        "stores (CI runners) as zstd tarballs in a directory or as an OCI artifact in a registry.",
+        cmd_cache_mounts,
+    )
+    mount_verbs = p.add_subparsers(dest="mounts_command", metavar="COMMAND", parser_class=_Parser)
+
+    def mounts_verb(name: str, help_text: str, description: str, run: Callable[[_Context], int]) -> _Parser:
+        return verb(name, help_text, run, group=mount_verbs, parent="cache mounts", description=description)
+
+    p = mounts_verb(
+        "ls",
+        "List cache mounts",
+        "List cache mounts, most recently used first, with the size of their files (measured when it changed).",
+        cmd_cache_mounts_ls,
+    )
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    p.add_argument("-q", "--quiet", action="store_true", help="only the ids")
+
+    p = mounts_verb("rm", "Remove cache mounts", "Remove cache mounts that no running build uses.", cmd_cache_mounts_rm)
+    p.add_argument("ids", metavar="ID", nargs="+", help="a cache mount's id, as 'pybuild cache mounts ls' shows it")
+
+    p = mounts_verb(
+        "export",
+        "Export cache mounts to a directory or a registry",
+        "Write cache mounts (all, or those named with --id) to DEST: a directory (cachemounts.json and one zstd "
+        "tarball per mount; it then holds exactly these) or type=registry,ref=REPO:TAG (an OCI artifact).",
+        cmd_cache_mounts_export,
+    )
+    p.add_argument("destination", metavar="DEST", help="a directory, or type=registry,ref=REPO:TAG")
+    p.add_argument("--id", dest="ids", action="append", default=[], metavar="ID", help="only this mount (repeatable)")
+    p.add_argument("--progress", default="auto", choices=("auto", "tty", "plain", "quiet"), help="progress output")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+
+    p = mounts_verb(
+        "import",
+        "Import cache mounts from a directory or a registry",
+        "Read cache mounts (all, or those named with --id) from SRC, as export wrote them. Each replaces the "
+        "store's mount of the same id whole (contents are not merged), unless a running build uses it: then it "
+        "is left alone, the others are imported, and the command fails.",
+        cmd_cache_mounts_import,
+    )
+    p.add_argument("source", metavar="SRC", help="a directory, or type=registry,ref=REPO:TAG")
+    p.add_argument("--id", dest="ids", action="append", default=[], metavar="ID", help="only this mount (repeatable)")
+    p.add_argument("--progress", default="auto", choices=("auto", "tty", "plain", "quiet"), help="progress output")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing")
 
     p = verb("import", "Create a one-layer image from a root filesystem tarball", cmd_import)
     p.add_argument("source", metavar="ROOTFS", help="a tar, tar.gz or tar.zst file, or - for standard input")

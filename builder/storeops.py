@@ -22,8 +22,9 @@ its layer or a cache entry made it. Nothing else is needed, and only that is wha
   until the cache entry or lease that keeps it is recorded, and a pull, import or load until its tag is written,
   so none of them can lose a blob it is about to reference; and no tag can move between the decision and the
   deletion.
-- ``system_df`` measures images, blobs, snapshots and the step cache, with what ``prune`` (for the cache:
-  ``cache prune --all``) would reclaim.
+- ``system_df`` measures images, blobs, snapshots, the step cache and cache mounts, with what ``prune`` (for the
+  cache and the cache mounts: ``cache prune --all``) would reclaim. ``prune`` never removes a cache mount (as
+  ``docker image prune`` leaves the build cache alone).
 - ``save_images`` writes ``docker save``'s archive (``oci.docker_archive``) or an OCI layout tar
   (``builder.export.write_oci_archive``), layers as stored unless a compression is asked for; ``load_images``
   reads either (``oci.docker_archive.read_docker_archive`` verifies every blob and layer on the way in) and names
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from builder.cache import CacheEntry, CacheIndex, store_guard
+from builder.cachemounts import CacheMountStore
 from builder.cacheops import DiskUsage, disk_usage
 from builder.compressed import MEMO_DIR
 from builder.container import running_images
@@ -597,7 +599,7 @@ def _blob_sizes(store: Store) -> dict[Digest, int]:
 
 def system_df(store: Store, platform: Platform, now: float | None = None) -> SystemUsage:
     """``docker system df``: what images, blobs, snapshots and the step cache hold, and what ``prune`` (for the
-    cache, ``cache prune --all``) would reclaim. Cache mounts do not exist yet: their row is zero."""
+    cache and the cache mounts, ``cache prune --all``) would reclaim."""
     moment = time.time() if now is None else now
     with _cache_index(store) as cache:
         state = _read_state(store, cache)
@@ -606,6 +608,7 @@ def system_df(store: Store, platform: Platform, now: float | None = None) -> Sys
         walker = _Walker(store)
         dry = _prune(store, cache, PruneOptions(), None, moment, dry_run=True)
     sizes = _blob_sizes(store)
+    mounts = CacheMountStore(store.root).list()
     needed_now = state.needed(walker)
     image_digests = list(dict.fromkeys(d.digest for d in state.entries))
     reach = {d.digest: walker.reach(d) for d in state.entries}
@@ -644,7 +647,13 @@ def system_df(store: Store, platform: Platform, now: float | None = None) -> Sys
             usage.total,
             usage.reclaimable,
         ),
-        UsageRow("Cache Mounts", 0, 0, 0, 0),
+        UsageRow(
+            "Cache Mounts",
+            len(mounts),
+            sum(m.in_use for m in mounts),
+            sum(m.size or 0 for m in mounts),
+            sum(m.size or 0 for m in mounts if not m.in_use),
+        ),
     )
     images = []
     for summary in list_images(store.layout, platform):

@@ -78,9 +78,19 @@ def _instruction(instruction: ins.Instruction) -> Record:
 
 
 def run_record(
-    parent: Record, step: Step, *, platform: Platform, network: str, hostname: str, epoch: int | None
+    parent: Record,
+    step: Step,
+    *,
+    platform: Platform,
+    network: str,
+    hostname: str,
+    epoch: int | None,
+    mounts: Sequence[Record] = (),
 ) -> Record:
-    """RUN: the command, and everything the process can see that is not in the parent's files."""
+    """RUN: the command, and everything the process can see that is not in the parent's files. ``mounts``: what
+    each bind mount shows (its target and source, and the source's content as COPY's sources record it); only
+    present when there are binds, so RUN steps without them keep their keys. Secrets (only their ids, in the
+    instruction), SSH agents, tmpfs and cache mounts add nothing."""
     record = _base("run", parent, platform, epoch)
     record["instruction"] = _instruction(step.instruction)
     record["argv"] = list(step.argv)
@@ -94,6 +104,8 @@ def run_record(
     record["shell"] = list(step.shell)
     record["network"] = network
     record["hostname"] = hostname
+    if mounts:
+        record["mounts"] = list(mounts)
     return record
 
 
@@ -209,6 +221,22 @@ def _source_changes(
     return out or ["the sources changed"]
 
 
+def _mount_changes(
+    new: Sequence[Record], old: Sequence[Record], new_files: Files | None, old_files: Files | None
+) -> list[str]:
+    """RUN bind mounts (``files`` are then per bind): ``bind mount /src: app.py changed``."""
+    if [m.get("target") for m in new] != [m.get("target") for m in old]:
+        return ["the bind mounts changed"]
+    out: list[str] = []
+    for index, (a, b) in enumerate(zip(new, old, strict=True)):
+        if a == b:
+            continue
+        fa = [new_files[index]] if new_files is not None and index < len(new_files) else None
+        fb = [old_files[index]] if old_files is not None and index < len(old_files) else None
+        out.extend(f"bind mount {a.get('target')}: {why}" for why in _source_changes([a], [b], fa, fb))
+    return out
+
+
 def _parent_change(new: Record, old: Record, new_about: Mapping[str, str], old_about: Mapping[str, str]) -> str:
     if "image" in new and "image" in old:
         base = new_about.get("base") or "the base image"
@@ -273,8 +301,11 @@ def differences(
         out.extend(_source_changes(new.get("sources", []), old.get("sources", []), new_files, old_files))
     if new.get("tree") != old.get("tree"):
         out.append(f"the files of context {new.get('context')} changed")
+    if new.get("mounts") != old.get("mounts"):
+        out.extend(_mount_changes(new.get("mounts", []), old.get("mounts", []), new_files, old_files))
     known = {"v", "op", "parent", "platform", "epoch", "instruction", "build_args", "env", "user", "workdir"}
     known |= {"network", "hostname", "shell", "argv", "script", "dest", "path", "sources", "tree", "context"}
+    known |= {"mounts"}
     for name in sorted((set(new) | set(old)) - known):
         if new.get(name) != old.get(name):
             out.append(f"{name} changed")

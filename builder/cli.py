@@ -40,6 +40,7 @@ from builder.images import (
     tag_image,
 )
 from builder.importer import ImportRequest, import_rootfs
+from builder.mounts import parse_allow, read_agents, read_secrets
 from builder.plan import BuildPlan, PlanOptions, plan_build
 from builder.platforms import host_platform
 from builder.progress import Progress
@@ -57,6 +58,7 @@ from builder.solve import BuildOptions, BuildResult, solve
 from oci.compression import Compression
 from oci.descriptor import Platform
 from oci.errors import InvalidReference, OCIError
+from oci.frozen import FrozenMap
 from oci.reference import Reference
 from oci.store import atomic_file
 
@@ -454,6 +456,9 @@ def cmd_build(ctx: _Context) -> int:
     cache_to = tuple(parse_cache_option(text, "--cache-to") for text in args.cache_to)
     for spec in cache_to:
         check_cache_destination(spec.path, ctx.store)
+    secrets = read_secrets(args.secret, ctx.environ)
+    agents = FrozenMap(read_agents(args.ssh, ctx.environ))
+    allow = parse_allow(args.allow)
     epoch = _epoch(ctx, request)
     remote = _remote(ctx, refresh=args.pull)
     plan = _plan(ctx, request, all_stages=False, remote=remote)
@@ -475,6 +480,9 @@ def cmd_build(ctx: _Context) -> int:
         cache_to=cache_to,
         remote=remote,
         jobs=args.jobs,
+        secrets=secrets,
+        ssh=agents,
+        allow=allow,
     )
     result: BuildResult | None = None
     try:
@@ -1224,7 +1232,10 @@ _EXAMPLES = {
   pybuild build --print-plan .
   pybuild --print-plan --build-arg VERSION=1.2 --target runtime .
   pybuild build --check -f docker/app.Dockerfile .
-  pybuild build --print-plan - < Dockerfile""",
+  pybuild build --print-plan - < Dockerfile
+  pybuild build --secret id=npmrc,src=$HOME/.npmrc --secret id=token,env=GITHUB_TOKEN -t app .
+  pybuild build --ssh default -t app .        # RUN --mount=type=ssh git clone git@github.com:org/private.git
+  pybuild build --allow security.insecure .   # RUN --security=insecure runs with every capability""",
     "import": """examples:
   pybuild import rootfs.tar -t mybase:1.0
   pybuild import rootfs.tar.zst -t mybase --change 'CMD ["sh"]' --change 'ENV LANG=C.UTF-8'
@@ -1463,6 +1474,27 @@ def _build_parser() -> _Parser:
     )
     p.add_argument(
         "--network", default="default", choices=("default", "none", "host"), help="RUN's network (default: host's)"
+    )
+    p.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="id=ID[,src=FILE|,env=VAR]",
+        help="a secret for RUN --mount=type=secret (repeatable; id=ID alone: the variable ID if set, else the file ID)",
+    )
+    p.add_argument(
+        "--ssh",
+        action="append",
+        default=[],
+        metavar="default|ID[=SOCKET]",
+        help="an SSH agent for RUN --mount=type=ssh (repeatable; no SOCKET: $SSH_AUTH_SOCK)",
+    )
+    p.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="security.insecure|network.host",
+        help="allow RUN --security=insecure (every capability); network.host is accepted (RUN's network is the host's)",
     )
     p.add_argument(
         "--reproducible",

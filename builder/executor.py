@@ -7,24 +7,32 @@ as it arrives, and returns the command's exit status. The step's changes are lef
 differ. Whatever happens — the command fails, the engine is interrupted, reading the output raises — the sandbox
 is killed and reaped before this function returns, and with it every process the command started (they live in
 its PID namespace) and every mount it used (they live in its mount namespace).
+
+``RUN --mount``s arrive as ``MountPoint``s (``builder.mounts`` makes them). What must never touch a disk — a
+secret file's bytes, a secret variable — goes to the sandbox through a pipe, not the spec file. The mount points
+the sandbox had to create (the mount stubs) are listed in ``scratch/stubs.json``; once the sandbox is gone they
+are removed from the upper directory again if still empty, so that a mount leaves nothing in the layer.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import select
 import signal
+import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import BuildError
 
-__all__ = ["DEFAULT_HOSTNAME", "MountPoint", "RunSpec", "SandboxError", "run_container"]
+__all__ = ["DEFAULT_HOSTNAME", "MountPoint", "RunSpec", "SandboxError", "remove_stubs", "run_container"]
 
 DEFAULT_HOSTNAME = "buildkitsandbox"
 _SETUP_FAILED = 125
@@ -41,15 +49,26 @@ class SandboxError(BuildError):
 @dataclass(frozen=True)
 class MountPoint:
     """A ``RUN --mount`` as the sandbox makes it, at ``target`` (absolute, inside the container): a bind of a host
-    path (a directory, a file or a socket: cache, bind, secret and ssh mounts) or a fresh tmpfs. Everything else about
-    a mount (where its source comes from, what it means for the cache key) is the builder's business."""
+    path (a directory, a file or a socket: cache, bind and ssh mounts), a fresh tmpfs, or a file the sandbox makes
+    in a private tmpfs of its own (secrets: their bytes never touch a disk). Everything else about a mount (where its
+    source comes from, what it means for the cache key) is the builder's business.
 
-    kind: str  # "bind" or "tmpfs"
+    A bind's source is ``source`` itself (a path pybuild made) when ``lowers`` is empty; otherwise ``source`` is a
+    path inside the tree that the overlay of ``lowers`` (top first; one directory is bound as it is) makes, resolved
+    by the sandbox with every symlink kept inside that tree. ``copy_on_write``: writes go to a throwaway upper
+    directory (``rw`` binds of the context, a stage or an image), so the tree itself is never changed."""
+
+    kind: str  # "bind", "tmpfs" or "file"
     target: str
-    source: str = ""  # bind: the host path
+    source: str = ""  # bind: the host path, or the path inside ``lowers``
     readonly: bool = False
     size: int = 0  # tmpfs: its size limit in bytes (0: the kernel's default)
-    mode: int | None = None  # tmpfs: the mode of its root directory
+    mode: int | None = None  # tmpfs: the mode of its root directory; file: the file's (default 0400)
+    lowers: tuple[str, ...] = ()  # bind: the directories whose merged tree holds ``source``
+    copy_on_write: bool = False
+    uid: int = 0  # file: its owner
+    gid: int = 0
+    data: bytes = field(default=b"", repr=False)  # file: its content, passed through a pipe, never written to disk
 
 
 @dataclass(frozen=True)
@@ -61,7 +80,9 @@ class RunSpec:
     network: str = "default"  # "default" and "host" share the host's network; "none" has only loopback
     hostname: str = DEFAULT_HOSTNAME
     scripts: tuple[tuple[str, str], ...] = ()  # RUN heredocs with a #! line: (name, content) in /dev/pipes
-    mounts: tuple[MountPoint, ...] = ()  # RUN --mount, in the order written (the sandbox does not make them yet)
+    mounts: tuple[MountPoint, ...] = ()  # RUN --mount, made in this order (parents before what they hold)
+    secret_env: tuple[str, ...] = field(default=(), repr=False)  # "K=V" secrets, passed like a file mount's data
+    insecure: bool = False  # RUN --security=insecure: every capability, /proc and /sys unmasked and writable
 
 
 def _hosts(hostname: str) -> str:
@@ -89,6 +110,79 @@ def _write(path: Path, data: bytes) -> str:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     return str(path)
+
+
+def _mount_json(mount: MountPoint) -> dict[str, object]:
+    """A mount as the spec file holds it: everything but a file's content."""
+    out: dict[str, object] = {"kind": mount.kind, "target": mount.target, "readonly": mount.readonly}
+    if mount.kind == "bind":
+        out.update(source=mount.source, lowers=list(mount.lowers), copy_on_write=mount.copy_on_write)
+    elif mount.kind == "tmpfs":
+        out.update(size=mount.size, mode=mount.mode)
+    else:
+        out.update(mode=0o400 if mount.mode is None else mount.mode, uid=mount.uid, gid=mount.gid)
+    return out
+
+
+def _private_payload(spec: RunSpec) -> bytes | None:
+    """The file mounts' contents and the secret variables, in mount order, for the sandbox's private pipe."""
+    files = [base64.b64encode(m.data).decode() for m in spec.mounts if m.kind == "file"]
+    if not files and not spec.secret_env:
+        return None
+    return json.dumps({"files": files, "env": list(spec.secret_env)}).encode()
+
+
+def _send(fd: int, payload: bytes) -> None:
+    try:
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        pass  # the sandbox is gone: it reports why on its own
+    finally:
+        os.close(fd)
+
+
+def _read_stubs(path: Path) -> list[str]:
+    try:
+        stubs = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return []
+    return [s for s in stubs if isinstance(s, str)] if isinstance(stubs, list) else []
+
+
+def remove_stubs(upper: Path, stubs: Sequence[str]) -> None:
+    """Remove from ``upper`` the mount points the sandbox created for mounts (``stubs``: relative paths, parents
+    first), as BuildKit's MountStubsCleaner does: each one that is still an empty directory or an empty regular
+    file, children before parents, the parent's times kept. Nothing here follows a symlink: the command may have
+    replaced any directory on the way with one."""
+    for rel in reversed(stubs):
+        *parents, name = [p for p in rel.split("/") if p]
+        if name in (".", ".."):
+            continue
+        fds: list[int] = []
+        try:
+            fds.append(os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC))
+            for part in parents:
+                if part in (".", ".."):
+                    raise FileNotFoundError(part)
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                fds.append(os.open(part, flags, dir_fd=fds[-1]))
+            parent = fds[-1]
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            times = os.fstat(parent)
+            if stat.S_ISDIR(st.st_mode):
+                os.rmdir(name, dir_fd=parent)  # fails unless empty
+            elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                os.unlink(name, dir_fd=parent)
+            else:
+                continue
+            os.utime(parent, ns=(times.st_atime_ns, times.st_mtime_ns))
+        except OSError:
+            continue  # gone, no longer empty, or not a directory any more: the command's doing, kept
+        finally:
+            for fd in fds:
+                os.close(fd)
 
 
 def _wait_for_init(pid_file: Path) -> None:
@@ -141,8 +235,10 @@ def run_container(
     """
     for name in ("upper", "work", "merged", "files"):
         (scratch / name).mkdir(mode=0o755)
+    (scratch / "mounts").mkdir(mode=0o700)
     files = scratch / "files"
     error_file = scratch / "error"
+    stubs_file = scratch / "stubs.json"
     document = {
         "lowers": [os.fspath(p) for p in lowers],
         "upper": os.fspath(scratch / "upper"),
@@ -160,22 +256,47 @@ def run_container(
         "cwd": spec.cwd,
         "argv": list(spec.argv),
         "env": list(spec.env),
+        "mounts": [_mount_json(m) for m in spec.mounts],
+        "mount_staging": os.fspath(scratch / "mounts"),
+        "stubs_file": os.fspath(stubs_file),
+        "insecure": spec.insecure,
         "engine_pid": os.getpid(),
         "error_file": os.fspath(error_file),
         "init_pid_file": os.fspath(scratch / "init.pid"),
     }
+    # Secrets never go into the spec file: they reach the sandbox through a pipe, which it reads before anything else.
+    private = _private_payload(spec)
+    private_read = private_write = -1
+    if private is not None:
+        private_read, private_write = os.pipe()
+        document["private_fd"] = private_read
     spec_file = scratch / "spec.json"
     _write(spec_file, json.dumps(document).encode())
     environment = {"PYTHONPATH": _PACKAGE_PARENT, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "builder.sandbox", os.fspath(spec_file)],
-        stdin=None if interactive else subprocess.DEVNULL,
-        stdout=None if interactive else subprocess.PIPE,
-        stderr=None if interactive else subprocess.STDOUT,
-        env=environment,
-        close_fds=True,
-        cwd="/",
-    )
+    sender: threading.Thread | None = None
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "builder.sandbox", os.fspath(spec_file)],
+            stdin=None if interactive else subprocess.DEVNULL,
+            stdout=None if interactive else subprocess.PIPE,
+            stderr=None if interactive else subprocess.STDOUT,
+            env=environment,
+            close_fds=True,
+            pass_fds=(private_read,) if private is not None else (),
+            cwd="/",
+        )
+    except BaseException:
+        if private is not None:
+            os.close(private_write)
+        raise
+    finally:
+        if private is not None:
+            os.close(private_read)
+    if private is not None:
+        # A thread, since the payload may be larger than a pipe holds; it ends when the sandbox has read it all or
+        # has gone (then the write fails with EPIPE).
+        sender = threading.Thread(target=_send, args=(private_write, private), daemon=True)
+        sender.start()
     try:
         if interactive:
             status = _wait_through_interrupts(proc)
@@ -198,6 +319,9 @@ def run_container(
             _wait_for_init(scratch / "init.pid")
         if proc.stdout is not None:
             proc.stdout.close()
+        if sender is not None:
+            sender.join()
+        remove_stubs(scratch / "upper", _read_stubs(stubs_file))
     if status < 0:
         status = 128 - status
     if status == _SETUP_FAILED:

@@ -26,6 +26,7 @@ __all__ = [
     "MS_RDONLY",
     "MS_REC",
     "MS_REMOUNT",
+    "held_capabilities",
     "keep_capabilities",
     "mount",
     "mount_overlay",
@@ -155,6 +156,17 @@ def _last_capability() -> int:
             return int(f.read())
     except (OSError, ValueError):
         return 40
+
+
+def held_capabilities() -> frozenset[int]:
+    """The capabilities this process is permitted (RUN --security=insecure keeps them all: a process can keep no
+    more than it has, and root in a container may lack some)."""
+    try:
+        with open("/proc/self/status") as f:
+            mask = next(int(line.split()[1], 16) for line in f if line.startswith("CapPrm:"))
+    except (OSError, StopIteration, ValueError):
+        mask = 0
+    return frozenset(cap for cap in range(_last_capability() + 1) if mask >> cap & 1)
 
 
 def keep_capabilities(keep: frozenset[int]) -> None:

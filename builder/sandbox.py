@@ -8,20 +8,26 @@ output and error. It:
    makes every mount private, mounts the overlay (the image's snapshots as lower directories, a fresh upper),
    ``/proc``, a minimal ``/dev`` on tmpfs (null, zero, full, random, urandom, tty, ptmx, pts, shm, mqueue), ``/sys``
    read-only, and binds ``/etc/hosts``, ``/etc/resolv.conf`` and ``/etc/hostname`` from files outside the tree,
-   so they never enter the layer; then ``pivot_root`` into the overlay and detaches the old root;
+   so they never enter the layer; makes the ``RUN --mount``s in the order given (binds, tmpfs, and secret files
+   in a tmpfs of this namespace's own, their bytes read from a pipe); then ``pivot_root`` into the overlay and
+   detaches the old root;
 3. resolves USER through the image's own ``/etc/passwd`` and ``/etc/group`` (supplementary groups too), creates the
    working directory if it is missing, and forks the command, which runs with only the spec's environment;
 4. when the command exits, init exits with its status, and the kernel kills whatever the command left running in
    the PID namespace; the mount namespace, and every mount in it, goes with the last process.
 
 Mount points the image lacks (``/proc``, ``/etc/hosts``, ...) come from a skeleton directory stacked *under* the
-image's layers, so they exist in the container without ever being written to the upper directory.
+image's layers, so they exist in the container without ever being written to the upper directory. A ``--mount``
+target the image lacks is created (a stub) and listed in the spec's ``stubs_file``, for the engine to remove from
+the upper directory afterwards. ``insecure`` (``RUN --security=insecure``) keeps every capability this process
+has, leaves ``/proc`` unmasked and mounts ``/sys`` writable.
 Exit status: the command's, or 128 + the signal that killed it; 125 means the sandbox itself failed (the reason is
 written to the spec's ``error_file``).
 """
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
@@ -123,9 +129,9 @@ def _mount_dev(root: str) -> None:
     )
 
 
-def _mount_sys(root: str) -> None:
+def _mount_sys(root: str, writable: bool = False) -> None:
     target = os.path.join(root, "sys")
-    flags = linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
+    flags = (0 if writable else linux.MS_RDONLY) | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
     try:
         linux.mount("sysfs", target, "sysfs", flags)
     except OSError:
@@ -184,12 +190,12 @@ def _prepare_root(spec: dict[str, Any]) -> None:
         raise SetupError(err.strerror or str(err)) from None
     linux.mount("proc", os.path.join(root, "proc"), "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
     _mount_dev(root)
-    _mount_sys(root)
-    _mask(root)
+    _mount_sys(root, writable=spec.get("insecure", False))
+    if not spec.get("insecure"):
+        _mask(root)
     for name in ("hosts", "resolv.conf", "hostname"):
         _bind_file(spec["files"][name], root, f"/etc/{name}")
-    for mount in spec.get("mounts", []):
-        _extra_mount(root, mount)
+    _make_mounts(spec)
     for script in spec.get("scripts", []):
         _write_script(root, script["name"], script["content"])
     linux.sethostname(spec["hostname"])
@@ -214,16 +220,218 @@ def _write_script(root: str, name: str, content: str) -> None:
     os.chmod(os.path.join(pipes, name), 0o755)
 
 
-def _extra_mount(root: str, mount: dict[str, Any]) -> None:
-    target = os.path.join(root, mount["target"].lstrip("/"))
-    os.makedirs(target, exist_ok=True)
-    if mount["type"] == "tmpfs":
-        size = f",size={mount['size']}" if mount.get("size") else ""
-        linux.mount("tmpfs", target, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, f"mode=755{size}")
-        return
-    linux.mount(mount["source"], target, None, linux.MS_BIND | linux.MS_REC)
-    if mount.get("readonly"):
-        linux.mount(None, target, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | linux.MS_REC)
+# -------------------------------------------------------------------------------------------- RUN --mount
+#
+# Every path below is walked one component at a time from a directory descriptor, with O_NOFOLLOW: a symlink met on
+# the way is read and resolved by this code, inside the tree it belongs to ("/" and ".." stop at its root), so that
+# neither a mount target in the image nor a bind source in a stage, the context or a cache directory can lead
+# outside (buildah's CVE-2024-1753: a bind source that was a symlink to "/" mounted the host's root). Mounts and
+# remounts then name their source and target as /proc/self/fd/N, so the kernel resolves nothing by name.
+
+
+def _fd_path(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
+
+
+class _Walk:
+    """A path resolved inside a root: the descriptors of its parent and of itself (O_PATH), and the path from the
+    root it came to (symlinks resolved). ``create`` makes what is missing (directories on the way, then the last
+    component as a directory or, with ``want_dir`` False, an empty file) and lists what it made in ``created``."""
+
+    def __init__(self, root_fd: int, path: str, *, create: bool, want_dir: bool, created: list[str]) -> None:
+        self.fds = [os.dup(root_fd)]
+        self.names: list[str] = []
+        pending = [p for p in path.split("/") if p not in ("", ".")][::-1]
+        links = 0
+        try:
+            while pending:
+                part = pending.pop()
+                if part == "..":
+                    if len(self.fds) > 1:
+                        os.close(self.fds.pop())
+                        self.names.pop()
+                    continue
+                here = self.fds[-1]
+                if not stat.S_ISDIR(os.fstat(here).st_mode):
+                    raise SetupError(f"{path}: /{'/'.join(self.names)} is not a directory")
+                try:
+                    st = os.stat(part, dir_fd=here, follow_symlinks=False)
+                except FileNotFoundError:
+                    if not create:
+                        raise SetupError(f"{path}: not found") from None
+                    if pending or want_dir:
+                        os.mkdir(part, 0o755, dir_fd=here)
+                    else:
+                        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                        os.close(os.open(part, flags, 0o644, dir_fd=here))
+                    created.append("/".join([*self.names, part]))
+                    st = os.stat(part, dir_fd=here, follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode):
+                    links += 1
+                    if links > 255:
+                        raise SetupError(f"{path}: too many levels of symbolic links")
+                    link = os.readlink(part, dir_fd=here)
+                    if link.startswith("/"):
+                        for fd in self.fds[1:]:
+                            os.close(fd)
+                        del self.fds[1:], self.names[:]
+                    pending.extend(p for p in reversed(link.split("/")) if p not in ("", "."))
+                    continue
+                self.fds.append(os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=here))
+                self.names.append(part)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def fd(self) -> int:
+        return self.fds[-1]
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(os.fstat(self.fd).st_mode)
+
+    def reopen(self) -> int:
+        """A new descriptor of the path, through whatever is now mounted on it (the caller closes it)."""
+        return os.open(self.names[-1], os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fds[-2])
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
+def _open_dir(path: str) -> int:
+    return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+class _Mounter:
+    """Makes the spec's mounts in the container's tree (before pivot_root), in the order given, and remembers the
+    mount points it had to create (the stubs the engine removes from the upper directory afterwards)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.root_fd = _open_dir(spec["merged"])
+        self.staging = spec["mount_staging"]
+        self.files = spec.get("_private", {}).get("files", [])
+        self.secrets_dir = ""
+        self.created: list[str] = []
+
+    def target(self, mount: dict[str, Any], want_dir: bool) -> _Walk:
+        where = _Walk(self.root_fd, mount["target"], create=True, want_dir=want_dir, created=self.created)
+        if len(where.fds) < 2:
+            where.close()
+            raise SetupError(f"mount target {mount['target']}: cannot mount over the root")
+        if where.is_dir != want_dir:
+            where.close()
+            kind = "a directory" if want_dir else "a file"
+            raise SetupError(f"mount target {mount['target']}: not {kind}, as its source is")
+        return where
+
+    def attach(self, source: str, mount: dict[str, Any], want_dir: bool, flags: int) -> None:
+        """Bind ``source`` (a path the kernel may resolve: /proc/self/fd/N or one pybuild made) at the target,
+        then remount it with ``flags``."""
+        where = self.target(mount, want_dir)
+        try:
+            linux.mount(source, _fd_path(where.fd), None, linux.MS_BIND)
+            mounted = where.reopen()
+            try:
+                linux.mount(None, _fd_path(mounted), None, linux.MS_BIND | linux.MS_REMOUNT | flags)
+            finally:
+                os.close(mounted)
+        finally:
+            where.close()
+
+    def make(self, index: int, mount: dict[str, Any]) -> None:
+        kind = mount["kind"]
+        flags = linux.MS_NOSUID | linux.MS_NODEV | (linux.MS_RDONLY if mount.get("readonly") else 0)
+        if kind == "tmpfs":
+            where = self.target(mount, want_dir=True)
+            try:
+                options = ",".join(
+                    ([f"mode={mount['mode']:o}"] if mount.get("mode") is not None else [])
+                    + ([f"size={mount['size']}"] if mount.get("size") else [])
+                )
+                linux.mount("tmpfs", _fd_path(where.fd), "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, options or None)
+            finally:
+                where.close()
+        elif kind == "file":
+            self.attach(self.secret_file(index, mount), mount, False, flags | linux.MS_RDONLY | linux.MS_NOEXEC)
+        elif not mount.get("lowers"):
+            source = os.open(mount["source"], os.O_PATH | os.O_CLOEXEC)  # a socket or directory pybuild made
+            try:
+                self.attach(_fd_path(source), mount, stat.S_ISDIR(os.fstat(source).st_mode), flags)
+            finally:
+                os.close(source)
+        else:
+            tree = self.tree(index, mount)
+            try:
+                source = _Walk(tree, mount["source"], create=False, want_dir=True, created=[])
+            except SetupError as err:
+                raise SetupError(f"bind mount {mount['target']}: source {err}") from None
+            finally:
+                os.close(tree)
+            try:
+                self.attach(_fd_path(source.fd), mount, source.is_dir, flags)
+            finally:
+                source.close()
+
+    def tree(self, index: int, mount: dict[str, Any]) -> int:
+        """A descriptor of the root of a bind's source tree: the one directory, or an overlay of them."""
+        lowers, copy_on_write = mount["lowers"], mount.get("copy_on_write", False)
+        if len(lowers) == 1 and not copy_on_write:
+            return _open_dir(lowers[0])
+        base = os.path.join(self.staging, str(index))
+        os.mkdir(base, 0o700)
+        merged = os.path.join(base, "merged")
+        os.mkdir(merged, 0o755)
+        if copy_on_write:
+            upper, work = os.path.join(base, "upper"), os.path.join(base, "work")
+            os.mkdir(upper, 0o755)
+            os.mkdir(work, 0o700)
+            linux.mount_overlay(merged, lowers, upper, work, linux.MS_NODEV)
+        else:
+            linux.mount_overlay(merged, lowers, flags=linux.MS_NODEV)  # several lowers: a read-only overlay
+        return _open_dir(merged)
+
+    def secret_file(self, index: int, mount: dict[str, Any]) -> str:
+        """The secret's file, written into a tmpfs that only this mount namespace sees: it is in memory only, and
+        gone with the container."""
+        if not self.secrets_dir:
+            self.secrets_dir = os.path.join(self.staging, "secrets")
+            os.mkdir(self.secrets_dir, 0o700)
+            linux.mount(
+                "secrets", self.secrets_dir, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, "mode=700"
+            )
+        data = base64.b64decode(self.files.pop(0))
+        path = os.path.join(self.secrets_dir, str(index))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchown(fd, mount.get("uid", 0), mount.get("gid", 0))
+            os.fchmod(fd, mount.get("mode", 0o400))
+        finally:
+            os.close(fd)
+        return path
+
+    def close(self) -> None:
+        os.close(self.root_fd)
+
+
+def _make_mounts(spec: dict[str, Any]) -> None:
+    mounter = _Mounter(spec)
+    try:
+        for index, mount in enumerate(spec.get("mounts", [])):
+            try:
+                mounter.make(index, mount)
+            except OSError as err:
+                raise SetupError(f"mount {mount['target']}: {err.strerror or err}") from None
+    finally:
+        mounter.close()
+        # Written even when a mount failed: the engine removes whatever stubs were made.
+        with open(spec["stubs_file"], "x") as f:
+            json.dump(mounter.created, f)
 
 
 # ------------------------------------------------------------------------------------------------ the user
@@ -306,6 +514,7 @@ def _init(spec: dict[str, Any]) -> NoReturn:
     env = list(spec["env"])
     if not any(e.startswith("HOME=") for e in env):
         env.append(f"HOME={home}")
+    env.extend(spec.get("_private", {}).get("env", []))  # secrets as variables: after the rest, so they win
     command = os.fork()
     if command == 0:
         try:
@@ -314,7 +523,7 @@ def _init(spec: dict[str, Any]) -> NoReturn:
             os.closerange(3, os.sysconf("SC_OPEN_MAX"))
             os.setgroups(groups)
             os.setgid(gid)
-            linux.keep_capabilities(DEFAULT_CAPABILITIES)
+            linux.keep_capabilities(linux.held_capabilities() if spec.get("insecure") else DEFAULT_CAPABILITIES)
             os.setuid(uid)
             os.chdir(cwd)
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
@@ -336,6 +545,9 @@ def main(argv: list[str]) -> NoReturn:
         with open(argv[1], "rb") as f:
             spec = json.loads(f.read())
         _error_fd = os.open(spec["error_file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        if "private_fd" in spec:  # secrets: read before anything else, so the engine's writer never waits long
+            with open(spec["private_fd"], "rb", closefd=True) as f:
+                spec["_private"] = json.loads(f.read())
     except (OSError, ValueError, IndexError, KeyError) as err:
         sys.stderr.write(f"sandbox: cannot read the spec: {err}\n")
         os._exit(SETUP_FAILED)

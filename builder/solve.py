@@ -6,7 +6,9 @@ blobs are copied into the store, or a directory, which becomes a one-layer root 
 either changes only the config (the plan already says how) or makes a layer:
 
 - RUN runs in a throwaway container over the stage's snapshots (``executor``); its upper directory is diffed
-  (``snapshot.upper_items``) into the layer and then kept as that layer's snapshot;
+  (``snapshot.upper_items``) into the layer and then kept as that layer's snapshot. Its ``--mount``s come from
+  ``mounts`` (what each reads, what it adds to the key, the secrets and agents it holds while it runs), and the
+  step's output and errors pass through its ``Redactor``, so no secret value reaches a log;
 - COPY, ADD and WORKDIR compute their layer's entries from their sources and a read-only view of the stage
   (``copy``); nothing runs and nothing is mounted.
 
@@ -38,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from builder import cachekey
+from builder import cachekey, mounts
 from builder import copy as copying
 from builder.cache import CacheEntry, CacheIndex
 from builder.cachekey import Files, Record
@@ -51,6 +53,7 @@ from builder.executor import DEFAULT_HOSTNAME, RunSpec, run_container
 from builder.fetch import Downloaded, download
 from builder.frontend import instructions as ins
 from builder.images import find_image
+from builder.mounts import BindRoot, Secrets
 from builder.plan import DEFAULT_PATH, HISTORY_COMMENT, BuildPlan, PlannedStage, Source, Step
 from builder.progress import Progress, StepProgress
 from builder.remote import Remote
@@ -88,6 +91,9 @@ class BuildOptions:
     cache_to: tuple[CacheSpec, ...] = ()  # --cache-to: where this build's entries are exported
     remote: Remote | None = None  # registries: FROM pulls what the store lacks (None: the store only)
     jobs: int = 0  # stages built at once (0: one per CPU)
+    secrets: Secrets = field(default_factory=Secrets)  # --secret values by id (their repr shows no value)
+    ssh: FrozenMap[str, str] = field(default_factory=FrozenMap)  # --ssh: agent sockets by id
+    allow: frozenset[str] = frozenset()  # --allow: entitlements (security.insecure, network.host)
 
 
 @dataclass(frozen=True)
@@ -180,6 +186,8 @@ class _Solver:
         self._images: dict[tuple[str, str], Image] = {}
         self._skeleton: Path | None = None
         self.hostname = options.build_args.get("BUILDKIT_SANDBOX_HOSTNAME", "") or DEFAULT_HOSTNAME
+        self.cache_mounts = mounts.cache_mount_store(store.root)  # None until builder/cachemounts.py exists
+        self.redactor = mounts.Redactor(options.secrets.values())  # no secret value reaches a log or an error
         self.dockerfile = str(options.dockerfile.absolute()) if options.dockerfile is not None else plan.path
         self.cache = CacheIndex(store.root)
         self.build_id = ""
@@ -420,10 +428,7 @@ class _Solver:
         """Refuse what pybuild cannot do yet, before any key is computed or looked up."""
         instruction = step.instruction
         if isinstance(instruction, ins.Run):
-            if step.mounts:
-                raise BuildError("RUN --mount is not supported yet")
-            if instruction.security and instruction.security != "sandbox":
-                raise BuildError(f"RUN --security={instruction.security} is not supported")
+            mounts.check_run(step, allow=self.options.allow, cache_mounts=self.cache_mounts is not None)
             if os.geteuid() != 0:
                 raise BuildError("RUN needs root for now (rootless builds are planned)", hint="run pybuild as root")
             if self.network(step) not in ("default", "none", "host"):
@@ -443,26 +448,39 @@ class _Solver:
         assert isinstance(step.instruction, ins.Run)
         return step.instruction.network or self.options.network
 
-    def run(self, step: Step, rootfs: Rootfs, out: StepProgress) -> Rootfs:
+    def run(self, stage: PlannedStage, step: Step, rootfs: Rootfs, out: StepProgress) -> Rootfs:
         network = self.network(step)
         env = list(step.env) + list(step.proxy_env)
         if not any(e.split("=", 1)[0] == "PATH" for e in env):
             env.append(f"PATH={DEFAULT_PATH}")
-        spec = RunSpec(
-            argv=step.argv,
-            env=tuple(env),
-            user=step.user,
-            cwd=step.workdir or "/",
-            network=network,
-            hostname=self.hostname,
-            scripts=((step.script.name, step.script.text),) if step.script is not None else (),
-        )
         lowers = self.fetch_imported(rootfs).lowers(self.snapshots, self.blobs, self.skeleton())
         scratch = self.store.scratch_dir("run")
+        output = self.redactor.stream(self.unless_cancelled(out.log))
         try:
-            status = run_container(
-                scratch, lowers, spec, self.unless_cancelled(out.log), self.unless_cancelled(self.progress.refresh)
-            )
+            roots = lambda source: self.mount_root(source, stage, step.line)  # noqa: E731
+            with mounts.prepared(
+                step,
+                roots=roots,
+                scratch=scratch / "mount-sources",
+                env=env,
+                secrets=self.options.secrets,
+                agents=self.options.ssh,
+                caches=self.cache_mounts,
+            ) as ready:
+                spec = RunSpec(
+                    argv=step.argv,
+                    env=(*env, *ready.env),
+                    user=step.user,
+                    cwd=step.workdir or "/",
+                    network=network,
+                    hostname=self.hostname,
+                    scripts=((step.script.name, step.script.text),) if step.script is not None else (),
+                    mounts=ready.mounts,
+                    secret_env=ready.secret_env,
+                    insecure=getattr(step.instruction, "security", "") == "insecure",
+                )
+                status = run_container(scratch, lowers, spec, output, self.unless_cancelled(self.progress.refresh))
+            output.close()
             if status != 0:
                 shown = " ".join(step.argv)
                 raise BuildError(f'process "{shown}" did not complete successfully: exit code: {status}')
@@ -472,8 +490,37 @@ class _Solver:
             if changed:
                 self.snapshots.adopt(new.diff_ids[-1], upper)
             return new
+        except BuildError as err:
+            err.message = self.redactor.text(err.message)  # a setup error may quote what a secret made
+            err.args = (err.message,)
+            raise
         finally:
+            with contextlib.suppress(BuildError):  # the output held back for redaction; cancelled, it can go
+                output.close()
             remove_dir(scratch)
+
+    def mount_root(self, source: Source | None, stage: PlannedStage, line: int) -> BindRoot:
+        """What a RUN mount's ``from`` reads: the build context when it names none, a named context's directory,
+        a stage's result or an image (by its layers, whose snapshots are extracted only when the mount is made)."""
+        source = source or Source("context")
+        named = self.context_image(source.ref, stage.platform, line) if source.kind == "named-context" else None
+        if source.kind == "context" or (source.kind == "named-context" and named is None):
+            tree = self.source_tree(source, stage, line)
+            assert isinstance(tree, copying.ContextTree)
+            return BindRoot({"context": source.ref or "."}, context=tree, stats=self.stat_cache(tree.root))
+        if source.kind == "stage":
+            rootfs = self.results[source.stage].rootfs
+            origin = {"stage": self.plan.stage(source.stage).display}
+        else:
+            image = named or self.store_image(source.ref, stage.platform, line)
+            pairs = image.layer_pairs()
+            rootfs = Rootfs(tuple(d for d, _ in pairs), tuple(i for _, i in pairs))
+            origin = {"image": source.ref}
+
+        def snapshots() -> list[Path]:
+            return self.fetch_imported(rootfs).snapshots(self.snapshots, self.blobs)
+
+        return BindRoot(origin, layers=tuple(str(d) for d in rootfs.diff_ids), snapshots=snapshots)
 
     def copy(self, stage: PlannedStage, step: Step, rootfs: Rootfs, inputs: _Inputs) -> Rootfs:
         instruction = step.instruction
@@ -609,7 +656,7 @@ class _Solver:
     def execute(self, stage: PlannedStage, step: Step, rootfs: Rootfs, inputs: _Inputs, out: StepProgress) -> Rootfs:
         instruction = step.instruction
         if isinstance(instruction, ins.Run):
-            return self.run(step, rootfs, out)
+            return self.run(stage, step, rootfs, out)
         if isinstance(instruction, ins.Workdir):
             return self.workdir(step, rootfs)
         return self.copy(stage, step, rootfs, inputs)
@@ -645,8 +692,11 @@ class _Solver:
         instruction = step.instruction
         if isinstance(instruction, ins.Run):
             network = self.network(step)
+            roots = lambda source: self.mount_root(source, stage, step.line)  # noqa: E731
+            binds, sums = mounts.key_inputs(step, roots, epoch=epoch)
+            inputs.checksums.extend(sums)
             record = cachekey.run_record(
-                state, step, platform=platform, network=network, hostname=self.hostname, epoch=epoch
+                state, step, platform=platform, network=network, hostname=self.hostname, epoch=epoch, mounts=binds
             )
             inputs.record = record
             return inputs
@@ -787,7 +837,7 @@ class _Solver:
         record = inputs.record
         best = min(same, key=lambda c: cachekey.score(record, c.record))
         old_files = None
-        if record.get("sources") != best.record.get("sources"):
+        if any(record.get(name) != best.record.get(name) for name in ("sources", "mounts")):
             old_files = self.cache.files(best.key)
         reasons = cachekey.differences(
             record,

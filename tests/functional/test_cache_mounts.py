@@ -226,3 +226,59 @@ def test_prune_leaves_cache_mounts_and_cache_prune_all_removes_them(tmp_path: Pa
     assert ok("--root", str(root), "cache", "mounts", "rm", "again").out == "Removed: again\n"
     gone = run_pybuild("--root", str(root), "cache", "mounts", "rm", "again")
     assert gone.code == 1 and "no cache mount 'again'" in gone.err
+
+
+# ------------------------------------------------------------------------------------------ with real builds
+
+CACHED_RUN = """\
+FROM busybox
+RUN --mount=type=cache,id=tool-cache,target=/root/.cache/tool,sharing=locked \\
+    n=$(cat /root/.cache/tool/n 2>/dev/null || echo 0); echo "runs=$n"; echo $((n+1)) > /root/.cache/tool/n; \\
+    echo cache-only-$(({a} * {b})) > /root/.cache/tool/marker; echo built > /built.txt
+"""
+
+
+def _blobs_holding(root: Path, needle: bytes) -> list[str]:
+    """The store's blobs (layers, decompressed when compressed) and snapshots whose bytes contain ``needle``."""
+    from oci.compression import decompress_stream
+
+    found = []
+    for blob in (root / "blobs" / "sha256").iterdir():
+        with open(blob, "rb") as raw:
+            _, plain = decompress_stream(raw)
+            if needle in plain.read():
+                found.append(blob.name)
+    for path in (root / "snapshots").rglob("*"):
+        if path.is_file() and not path.is_symlink() and needle in path.read_bytes():
+            found.append(str(path))
+    return found
+
+
+def test_a_build_keeps_its_cache_mount_out_of_every_layer_and_another_store_builds_with_it(
+    tmp_path: Path, busybox_tar: Path, busybox: str, store_root: Path
+) -> None:
+    # The marker is computed by the step, so the Dockerfile (and the history and the key records) never holds it.
+    a, b = (int.from_bytes(os.urandom(3), "big") + 10_000_000 for _ in range(2))
+    marker = f"cache-only-{a * b}"
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(CACHED_RUN.format(a=a, b=b))
+
+    def build(root: Path, *args: str) -> str:
+        result = run_pybuild("--root", str(root), "build", "--progress", "plain", *args, "-t", "app", str(ctx))
+        assert result.code == 0, result
+        return result.err
+
+    assert "runs=0" in build(store_root)
+    assert "runs=1" in build(store_root, "--no-cache")  # the mount survived the first build
+    assert "CACHED" in build(store_root)  # a hit does not run, so the mount is not used
+    assert _blobs_holding(store_root, marker.encode()) == []  # in no layer, config or snapshot
+    data = CacheMountStore(store_root).path("tool-cache") / "data"
+    assert (data / "marker").read_text() == f"{marker}\n" and (data / "n").read_text() == "2\n"
+
+    ok("--root", str(store_root), "cache", "mounts", "export", str(tmp_path / "mounts"))
+    other = tmp_path / "other"
+    ok("--root", str(other), "import", "-q", str(busybox_tar), "busybox")
+    ok("--root", str(other), "cache", "mounts", "import", str(tmp_path / "mounts"))
+    assert "runs=2" in build(other)  # a fresh store, yet the step starts from the exported cache
+    assert _blobs_holding(other, marker.encode()) == []

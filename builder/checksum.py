@@ -4,8 +4,8 @@ A match's checksum is the sha256 of one line per entry the copier would write fr
 match, type, permission bits, owner when the tree keeps owners, device numbers, hardlink target, the digest of
 its content and extended attributes, and its mtime only when ``SOURCE_DATE_EPOCH`` clamps it, since otherwise a
 cache hit keeps the earlier mtimes, as BuildKit's does). Sources are resolved and walked with the copier's own
-rules (``copy.match_wildcards``, ``copy.resolve``, the tree's ``listdir``, which applies .dockerignore), so the
-checksum covers exactly the files that would land in the layer.
+rules (``copy.select``, ``copy.resolve``, the tree's ``listdir``, which applies .dockerignore, and the
+``--exclude``/``--parents`` filter), so the checksum covers exactly the files that would land in the layer.
 
 Reading every file of a large context on each build would cost seconds, so file content digests go through a
 ``StatCache``: an entry whose size, mtime, ctime and inode are unchanged keeps its digest. An entry changed less
@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from builder.copy import ContextTree, CopyError, SourceTree, match_wildcards, parts, resolve
+from builder.copy import ContextTree, CopySource, SourceFilter, SourceTree, select
 from oci.layer import read_xattrs
 
 __all__ = ["Checksums", "StatCache", "StatRow", "checksum_source"]
@@ -102,13 +102,20 @@ _HASHED = ("file", "dir", "symlink")  # what has content or extended attributes 
 
 class _Walker:
     def __init__(
-        self, tree: SourceTree, stats: StatCache | None, epoch: int | None, links: dict[tuple[int, int], str]
+        self,
+        tree: SourceTree,
+        stats: StatCache | None,
+        epoch: int | None,
+        links: dict[tuple[int, int], str],
+        filt: SourceFilter | None = None,
     ) -> None:
         self.tree = tree
         self.stats = stats
         self.epoch = epoch
         self.links = links
+        self.filter = filt
         self.lines: list[str] = []
+        self.made: set[str] = set()  # directories written as the parents of a copied entry
 
     def content(self, rel: str, st: os.stat_result, real: bytes | None) -> str:
         stats = self.stats if real is not None else None
@@ -155,19 +162,37 @@ class _Walker:
         content = self.content(src, st, real) if kind in _HASHED else ""
         self.lines.append(f"{rel}\0{content}\0{meta}\n")
 
-    def walk(self, src: str, rel: str, st: os.stat_result, label: str) -> None:
+    def walk(
+        self, src: str, rel: str, st: os.stat_result, label: str, pending: list[tuple[str, str, os.stat_result]]
+    ) -> None:
+        """One entry and what is below it, as the copier copies them: with a filter, what it leaves out has no
+        line, and a directory it does not copy has one only when something below it is copied (and so makes it)."""
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if self.filter is not None and rel:
+            copied, walk = self.filter.decide(rel, is_dir)
+            if not copied:
+                if walk:
+                    self._children(src, rel, label, [*pending, (src, rel, st)])
+                return
+        for parent_src, parent_rel, parent_st in pending:
+            if parent_rel not in self.made:
+                self.made.add(parent_rel)
+                self.entry(parent_rel, parent_src, parent_st, self.tree.real_path(parent_src), label)
         self.entry(rel, src, st, self.tree.real_path(src), label)
-        if not stat.S_ISDIR(st.st_mode):
+        if not is_dir:
             return
-        if isinstance(self.tree, ContextTree):
+        if isinstance(self.tree, ContextTree) and self.filter is None:
             self._walk_context(self.tree, src, rel, self.tree.real_path(src), label)
             return
+        self._children(src, rel, label, [])
+
+    def _children(self, src: str, rel: str, label: str, pending: list[tuple[str, str, os.stat_result]]) -> None:
         for name in self.tree.listdir(src):
             child = f"{src}/{name}" if src else name
             child_st = self.tree.lstat(child)
             if child_st is None:
                 continue  # removed while we read (the copier skips it too)
-            self.walk(child, f"{rel}/{name}" if rel else name, child_st, label)
+            self.walk(child, f"{rel}/{name}" if rel else name, child_st, label, pending)
 
     def _walk_context(self, tree: ContextTree, src: str, rel: str, real: bytes, label: str) -> None:
         """``walk`` for a build context, the case that must be fast: the same entries, fewer calls per entry."""
@@ -191,21 +216,21 @@ def checksum_source(
     stats: StatCache | None = None,
     epoch: int | None = None,
     links: dict[tuple[int, int], str] | None = None,
+    excludes: tuple[str, ...] = (),
+    parents: bool = False,
 ) -> Checksums:
     """The checksum of each match of ``path`` in ``tree`` (a wildcard may match nothing; a missing literal path
-    is the copier's "not found" error). ``links`` is shared by the sources of one instruction, as the copier
-    shares hardlink detection across them."""
+    is the copier's "not found" error), over what the copier copies with ``--exclude`` patterns and
+    ``--parents``: an excluded file changes nothing. ``links`` is shared by the sources of one instruction, as
+    the copier shares hardlink detection across them."""
     links = {} if links is None else links
     matches: list[dict[str, str]] = []
     lines: dict[str, list[str]] = {}
-    for match in match_wildcards(tree, path):
-        src = resolve(tree, match)
-        st = tree.lstat(src)
-        if st is None:
-            raise CopyError(f'"/{"/".join(parts(path))}": not found')
-        walker = _Walker(tree, stats, epoch, links)
-        walker.walk(src, "", st, match)
+    selected, filt = select(CopySource(tree, path, excludes=excludes, parents=parents))
+    for one in selected:
+        walker = _Walker(tree, stats, epoch, links, filt)
+        walker.walk(one.src, "", one.st, one.match, [])
         digest = hashlib.sha256("".join(walker.lines).encode("utf-8", "surrogateescape")).hexdigest()
-        matches.append({"path": match, "tree": f"sha256:{digest}"})
-        lines[match] = walker.lines
+        matches.append({"path": one.match, "tree": f"sha256:{digest}"})
+        lines[one.match] = walker.lines
     return Checksums(matches, lines)

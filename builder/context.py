@@ -55,6 +55,7 @@ __all__ = [
     "list_context",
     "load_ignore_rules",
     "parse_ignore",
+    "parse_patterns",
     "select_ignore_file",
     "walk_context",
 ]
@@ -330,6 +331,22 @@ def parse_ignore(data: bytes, source: str = DEFAULT_IGNORE_FILE) -> IgnoreRules:
             matcher = _compile(pattern)
         except _BadPattern as e:
             raise ContextError(f"{source}:{number}: {e}") from None
+        rules.append(Rule(source, number, text, pattern, exception, matcher))
+    return IgnoreRules(tuple(rules), source)
+
+
+def parse_patterns(patterns: tuple[str, ...] | list[str], source: str) -> IgnoreRules:
+    """Patterns given one by one (``COPY --exclude``, ``--parents``' include pattern), compiled and matched as
+    BuildKit's copier matches them (patternmatcher, as for .dockerignore); ``source`` names them in errors."""
+    rules = []
+    for number, text in enumerate(patterns, start=1):
+        try:
+            exception, pattern = _clean_pattern(text.strip(_GO_SPACE))
+            if not pattern:
+                continue
+            matcher = _compile(pattern)
+        except _BadPattern as e:
+            raise ContextError(f"{source}: {e}") from None
         rules.append(Rule(source, number, text, pattern, exception, matcher))
     return IgnoreRules(tuple(rules), source)
 

@@ -15,7 +15,11 @@ BuildKit's (its Dockerfile frontend calls tonistiigi/fsutil's ``copy.Copy`` with
   build context are owned by root, files from a stage or an image keep their owners, ``--chown`` overrides both;
   symlinks inside a copied tree are copied as symlinks, hardlinks stay hardlinks;
 - ADD extracts a local archive (tar, optionally gzip, bzip2, xz or zstd) into the destination directory, keeping
-  the archive's owners and times (an http(s) URL is fetched by ``builder.fetch`` and copied as a file).
+  the archive's owners and times (an http(s) URL is fetched by ``builder.fetch`` and copied as a file, or extracted
+  with ``--unpack``; a git repository is checked out by ``builder.gitsource`` and copied as a tree);
+- ``--exclude`` patterns and ``COPY --parents``' include pattern (the source's path below the context root or a
+  ``/./`` pivot, kept under the destination) filter what is copied below each source, as fsutil's include and
+  exclude patterns do (``select`` and ``SourceFilter``, which the checksums share).
 
 The layer holds the created and copied entries and, as containerd's change writer does, the existing parent
 directories of each of them. Entries are ``LayerItem`` values in tree order, ready for ``write_layer``.
@@ -35,7 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from builder.context import IgnoreRules, walk_context
+from builder.context import IgnoreRules, parse_patterns, walk_context
 from builder.errors import BuildError
 from builder.frontend.gostyle import has_wildcards, path_match
 from builder.snapshot import RootView
@@ -51,13 +55,18 @@ __all__ = [
     "CopyOptions",
     "CopySource",
     "MemoryTree",
+    "Selected",
+    "SourceFilter",
     "SourceTree",
+    "chown_ids",
     "copy_items",
     "directory_items",
     "lookup_user",
     "match_wildcards",
     "parts",
     "resolve",
+    "select",
+    "split_parents",
 ]
 
 _MAX_LINKS = 255
@@ -206,6 +215,9 @@ class CopySource:
     tree: SourceTree
     path: str  # as written in the Dockerfile, relative to the tree's root
     unpack: bool = False  # ADD: extract it if it is a local archive
+    excludes: tuple[str, ...] = ()  # --exclude patterns, relative to each match
+    parents: bool = False  # COPY --parents: the path below the root (or the /./ pivot) is kept under the destination
+    whole_tree: bool = False  # a git checkout: the path is literal, a missing destination is made from it
 
 
 @dataclass(frozen=True)
@@ -228,6 +240,16 @@ def _read_db(view: RootView, name: str) -> list[list[str]]:
     except (OSError, CopyError):
         return []
     return [line.split(":") for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def chown_ids(spec: str) -> tuple[int, int] | None:
+    """``--chown`` that needs no lookup: numeric ids, or ``root`` (BuildKit's llb.WithUser takes it as 0); None when
+    a name must be looked up in the image's files. A user alone is also the group."""
+    user, _, group = spec.partition(":")
+    ids = [0 if name == "root" else int(name) if name.isdigit() else None for name in (user, group or user)]
+    if ids[0] is None or ids[1] is None:
+        return None
+    return ids[0], ids[1]
 
 
 def lookup_user(view: RootView, spec: str, what: str = "--chown") -> tuple[int, int]:
@@ -346,23 +368,28 @@ def resolve(tree: _Nodes, path: str, follow_last: bool = True) -> str:
 
 def match_wildcards(tree: SourceTree, path: str) -> list[str]:
     """fsutil's ResolveWildcards: the literal prefix resolved, then the rest matched below it in walk order."""
+    return [match for match, _ in _wildcard_matches(tree, path)]
+
+
+def _wildcard_matches(tree: SourceTree, path: str) -> list[tuple[str, str]]:
+    """``match_wildcards``, each match with what the wildcard part matched ("" for a literal path)."""
     names = parts(path)
     split = next((i for i, p in enumerate(names) if has_wildcards(p)), len(names))
     if split == len(names):
-        return ["/".join(names)]
+        return [("/".join(names), "")]
     base = resolve(tree, "/".join(names[:split]))
     pattern = "/".join(names[split:])
     st = tree.lstat(base)
     if st is None or not stat.S_ISDIR(st.st_mode):
         return []
-    matches: list[str] = []
+    matches: list[tuple[str, str]] = []
 
     def walk(directory: str, rel: str) -> None:
         for name in tree.listdir(directory):
             child = f"{directory}/{name}" if directory else name
             child_rel = f"{rel}/{name}" if rel else name
             if path_match(pattern, child_rel):
-                matches.append(child)
+                matches.append((child, child_rel))
                 continue  # a matching directory is not walked further (SkipDir); a file needs no walk
             child_st = tree.lstat(child)
             if child_st is not None and stat.S_ISDIR(child_st.st_mode) and child_rel.count("/") < pattern.count("/"):
@@ -370,6 +397,112 @@ def match_wildcards(tree: SourceTree, path: str) -> list[str]:
 
     walk(base, "")
     return matches
+
+
+# ------------------------------------------------------------------------------ --exclude and --parents
+
+
+def split_parents(path: str) -> tuple[str, str]:
+    """``COPY --parents``: (the root the path is kept below, the include pattern under it). The root is the part
+    before a ``/./`` pivot, else the tree's root (BuildKit's dispatchCopy)."""
+    root, pivot, pattern = path.partition("/./")
+    if not pivot:
+        root, pattern = "", path
+    return root, "/".join(p for p in _clean(pattern).split("/") if p)
+
+
+def _clean(path: str) -> str:
+    """A path cleaned as Go's path.Clean("/" + path): ``..`` stops at the root."""
+    out: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(part)
+    return "/".join(out)
+
+
+@dataclass(frozen=True)
+class SourceFilter:
+    """What fsutil's copier leaves out below a copied source: ``--exclude`` patterns and ``--parents``' include
+    pattern, both matched as .dockerignore's (a match of a directory covers what is in it), relative to the
+    source. An entry that is not copied itself may still be the parent of one that is: then it is created with
+    its own metadata when that one is copied (fsutil's createParentDirs)."""
+
+    excludes: IgnoreRules | None = None
+    includes: IgnoreRules | None = None
+
+    def decide(self, rel: str, is_dir: bool) -> tuple[bool, bool]:
+        """(copied, looked into): whether the entry ``rel`` is copied, and whether a directory's contents are
+        walked."""
+        copied = walk = True
+        if self.includes is not None and self.includes.decide(rel, is_dir).included:  # no include pattern matches
+            copied = False
+            walk = is_dir and self._may_contain(rel)
+        if self.excludes is not None:
+            decision = self.excludes.decide(rel, is_dir)
+            if not decision.included:
+                copied = False
+                walk = walk and not decision.prune
+        return copied, walk and is_dir
+
+    def _may_contain(self, directory: str) -> bool:
+        """Whether an include pattern may match something below ``directory`` (else it need not be walked)."""
+        assert self.includes is not None
+        names = directory.split("/")
+        for rule in self.includes.rules:
+            pattern = rule.pattern.split("/")
+            for i, name in enumerate(names):
+                if i >= len(pattern):
+                    break
+                if "**" in pattern[i]:
+                    return True
+                if not path_match(pattern[i], name):
+                    break
+            else:
+                if len(pattern) > len(names):
+                    return True
+        return False
+
+
+@dataclass(frozen=True)
+class Selected:
+    """One match of a source: its path as matched, resolved, and its status."""
+
+    match: str
+    src: str
+    st: os.stat_result
+
+
+def select(source: CopySource) -> tuple[list[Selected], SourceFilter | None]:
+    """The matches a source copies (a wildcard may match nothing; a missing literal path is "not found") and the
+    filter that applies below each. ``--exclude`` also drops a wildcard match that is not a directory when it
+    matches (by what the wildcard matched: ``COPY --exclude=*.txt hom* /dst/`` leaves ``home.txt`` out, as the
+    Dockerfile reference says; BuildKit itself still copies it, moby/buildkit#5489). ``--parents`` copies the root
+    with the include pattern; without wildcards the path must exist."""
+    tree, path = source.tree, source.path
+    excludes = parse_patterns(source.excludes, "--exclude") if source.excludes else None
+    includes = None
+    if source.parents:
+        path, pattern = split_parents(path)
+        includes = parse_patterns([pattern], "--parents") if pattern else None
+        if pattern and not has_wildcards(path) and not has_wildcards(pattern):
+            if tree.lstat(resolve(tree, f"{path}/{pattern}" if path else pattern)) is None:
+                raise CopyError(f'"/{"/".join(parts(source.path))}": not found')
+    selected = []
+    for match, rel in [(path, "")] if source.whole_tree else _wildcard_matches(tree, path):
+        src = resolve(tree, match)
+        st = tree.lstat(src)
+        if st is None:
+            raise CopyError(f'"/{"/".join(parts(source.path))}": not found')
+        if rel and excludes is not None and not stat.S_ISDIR(st.st_mode) and not excludes.decide(rel).included:
+            continue
+        selected.append(Selected(match, src, st))
+    filt = SourceFilter(excludes, includes) if excludes is not None or includes is not None else None
+    return selected, filt
 
 
 # ------------------------------------------------------------------------------------------------ archives
@@ -477,60 +610,96 @@ class _Copier:
 
     def copy_source(self, source: CopySource, dest: str) -> None:
         tree = source.tree
-        matches = match_wildcards(tree, source.path)
-        if not matches:
+        selected, filt = select(source)
+        if not selected:
             return  # a wildcard that matches nothing is allowed, and then nothing is created (BuildKit's docopy)
         head, tail = posixpath.split(dest)
         ensure = head if tail not in ("", ".") else dest
         if ensure:
             self.mkdir_all(resolve(self, ensure))
         dst = resolve(self, posixpath.normpath(dest) if dest else "/")
-        for match in matches:
-            src = resolve(tree, match)
-            st = tree.lstat(src)
-            if st is None:
-                raise CopyError(f'"/{"/".join(parts(source.path))}": not found')
-            if source.unpack and stat.S_ISREG(st.st_mode) and _is_archive(tree, src):
-                self.unpack(tree, src, dest)
+        for one in selected:
+            if source.unpack and stat.S_ISREG(one.st.st_mode) and _is_archive(tree, one.src):
+                self.unpack(tree, one.src, dest)
                 continue
-            target = self.prepare_target(st, match, dst)
-            self.copy(tree, src, target, st, overwrite=False)
+            target = self.prepare_target(one.st, one.match, dst, contents=not source.whole_tree)
+            self.copy(tree, one.src, target, one.st, overwrite=False, filt=filt)
 
-    def prepare_target(self, src_st: os.stat_result, src_name: str, dst: str) -> str:
+    def prepare_target(self, src_st: os.stat_result, src_name: str, dst: str, contents: bool = True) -> str:
+        """fsutil's prepareTargetDir with CopyDirContents (``contents``; without it, a directory source becomes the
+        destination when that is missing, instead of a directory created for it)."""
         dest_kind = _kind(self.lstat(dst)) if dst else "dir"
         is_dir = stat.S_ISDIR(src_st.st_mode)
         if not is_dir and dest_kind == "dir":
             base = posixpath.basename(src_name.rstrip("/")) or src_name
             dst = f"{dst}/{base}" if dst else base
         target = posixpath.dirname(dst)
-        if is_dir and dest_kind is None:
+        if is_dir and dest_kind is None and contents:
             target = dst
         if target:
             self.mkdir_all(target)
         return dst
 
-    def copy(self, tree: SourceTree, src: str, target: str, st: os.stat_result, overwrite: bool) -> None:
+    def copy(
+        self,
+        tree: SourceTree,
+        src: str,
+        target: str,
+        st: os.stat_result,
+        overwrite: bool,
+        filt: SourceFilter | None = None,
+        rel: str = "",
+        pending: list[tuple[str, str, os.stat_result]] | None = None,
+    ) -> None:
+        """Copy ``src`` (``rel`` below the source's match) to ``target``. ``pending``: the directories above it that
+        ``filt`` did not copy, made when something below them is."""
         mode = st.st_mode
-        existing = _kind(self.lstat(target)) if target else "dir"
+        if filt is not None and rel:
+            copied, walk = filt.decide(rel, stat.S_ISDIR(mode))
+            if not copied:
+                if walk:
+                    self._walk(tree, src, target, filt, rel, [*(pending or []), (src, target, st)])
+                return
+        for parent_src, parent_target, parent_st in pending or ():
+            if parent_target not in self.items:
+                self._directory(tree, parent_src, parent_target, parent_st, overwrite=True)
         if stat.S_ISDIR(mode):
-            if existing is None:
-                self._put(tree, src, target, st)
-            elif existing != "dir":
-                raise CopyError(f"cannot copy to non-directory: /{target}")
-            elif overwrite:
-                self._put(tree, src, target, st)
-            for name in tree.listdir(src):
-                child = f"{src}/{name}" if src else name
-                child_st = tree.lstat(child)
-                if child_st is None:
-                    continue  # removed while we read
-                self.copy(tree, child, f"{target}/{name}" if target else name, child_st, overwrite=True)
+            self._directory(tree, src, target, st, overwrite)
+            self._walk(tree, src, target, filt, rel, [])
             return
+        existing = _kind(self.lstat(target)) if target else "dir"
         if existing == "dir":
             raise CopyError(f"cannot replace to directory /{target} with file")
         if stat.S_ISSOCK(mode):
             return
         self._put(tree, src, target, st)
+
+    def _directory(self, tree: SourceTree, src: str, target: str, st: os.stat_result, overwrite: bool) -> None:
+        existing = _kind(self.lstat(target)) if target else "dir"
+        if existing is None:
+            self._put(tree, src, target, st)
+        elif existing != "dir":
+            raise CopyError(f"cannot copy to non-directory: /{target}")
+        elif overwrite:
+            self._put(tree, src, target, st)
+
+    def _walk(
+        self,
+        tree: SourceTree,
+        src: str,
+        target: str,
+        filt: SourceFilter | None,
+        rel: str,
+        pending: list[tuple[str, str, os.stat_result]],
+    ) -> None:
+        for name in tree.listdir(src):
+            child = f"{src}/{name}" if src else name
+            child_st = tree.lstat(child)
+            if child_st is None:
+                continue  # removed while we read
+            child_target = f"{target}/{name}" if target else name
+            child_rel = f"{rel}/{name}" if rel else name
+            self.copy(tree, child, child_target, child_st, overwrite=True, filt=filt, rel=child_rel, pending=pending)
 
     def _put(self, tree: SourceTree, src: str, target: str, st: os.stat_result) -> None:
         if posixpath.basename(target).startswith(WHITEOUT_PREFIX):
@@ -611,7 +780,7 @@ class _Copier:
 def copy_items(sources: Sequence[CopySource], dest: str, view: RootView, options: CopyOptions) -> list[LayerItem]:
     """The layer of one COPY or ADD: ``sources`` copied to ``dest`` (absolute; a trailing ``/`` means a
     directory) over the image seen through ``view``."""
-    owner = lookup_user(view, options.chown) if options.chown else None
+    owner = (chown_ids(options.chown) or lookup_user(view, options.chown)) if options.chown else None
     copier = _Copier(view, options, owner)
     for source in sources:
         copier.copy_source(source, dest)

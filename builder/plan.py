@@ -32,6 +32,7 @@ from builder.errors import DockerfileError
 from builder.frontend import instructions as ins
 from builder.frontend.checks import CheckConfig, Warning, file_checks, looks_secret, parse_check_directive, select
 from builder.frontend.dockerfile import Directives, DockerfileAST, Heredoc, parse_dockerfile, parse_heredoc_word
+from builder.frontend.gitref import is_git_source
 from builder.frontend.gostyle import go_quote, go_quote_rune, suggest, with_suggestion
 from builder.frontend.runmount import MountSpec, parse_mount
 from builder.frontend.shell import Lexer
@@ -69,7 +70,6 @@ BUILTIN_ARGS = (
     "SOURCE_DATE_EPOCH",
 )
 _CHMOD_SYMBOLIC = re.compile(r"^([ugoa]*[-+=]([rwxXst]*|[ugo]))+(,([ugoa]*[-+=]([rwxXst]*|[ugo]))+)*$")
-_GIT_URL = re.compile(r"^(git@[^:]+:|git://|ssh://|https?://.+\.git(#|$)|https?://.+\.git/?(#.*)?$)")
 
 BaseConfigs = Callable[[str, Platform], ImageConfig | None]
 
@@ -454,11 +454,11 @@ def _healthcheck_history(h: Healthcheck) -> str:
 
 
 def _is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://")) and not _GIT_URL.match(source)
+    return source.startswith(("http://", "https://")) and not is_git_source(source)
 
 
 def _is_git(source: str) -> bool:
-    return bool(_GIT_URL.match(source))
+    return is_git_source(source)
 
 
 def _mount_from(raw: str) -> str:

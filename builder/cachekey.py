@@ -8,6 +8,10 @@ The parent of a step is the state it starts from: the base (an image's manifest 
 state of another stage) for a stage's first step, else the previous step's key *and the layer it produced*. The
 layer is there so that a step re-run with ``--no-cache`` (whose entry is then replaced) or raced by a concurrent
 build can never be paired, on a later hit, with children that were built on a different result.
+
+A ``COPY --link``/``ADD --link`` step has no parent in its record (its layer is made on an empty tree, so it
+does not depend on what is below it), and the step after it names both the linked step and the state it was
+placed on (``linked_parent``): a later step still depends on every layer under it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ __all__ = [
     "image_parent",
     "key_of",
     "copy_record",
+    "linked_parent",
     "run_record",
     "scratch_parent",
     "score",
@@ -61,6 +66,12 @@ def image_parent(manifest: Digest) -> Record:
 
 def step_parent(key: Digest, layer: Digest | None) -> Record:
     return {"step": str(key), "layer": str(layer) if layer is not None else None}
+
+
+def linked_parent(key: Digest, layer: Digest | None, below: Record) -> Record:
+    """The state after a ``--link`` step: its key and layer, and the state it was placed on (whose digest stands
+    for it, so that a run of linked steps does not nest records)."""
+    return {"step": str(key), "layer": str(layer) if layer is not None else None, "below": str(key_of(below))}
 
 
 # ------------------------------------------------------------------------------------------------ records
@@ -110,11 +121,18 @@ def run_record(
 
 
 def copy_record(
-    parent: Record, step: Step, sources: Sequence[Record], *, platform: Platform, epoch: int | None
+    parent: Record,
+    step: Step,
+    sources: Sequence[Record],
+    *,
+    platform: Platform,
+    epoch: int | None,
+    linked: bool = False,
 ) -> Record:
-    """COPY and ADD: the flags (in the instruction), the destination, and each source's identity and content."""
+    """COPY and ADD: the flags (in the instruction), the destination, and each source's identity and content.
+    A ``linked`` step (``--link``) leaves its parent out: its layer does not depend on it."""
     op = "add" if isinstance(step.instruction, ins.Add) else "copy"
-    record = _base(op, parent, platform, epoch)
+    record = _base(op, {"linked": True} if linked else parent, platform, epoch)
     record["instruction"] = _instruction(step.instruction)
     record["dest"] = step.dest
     record["sources"] = list(sources)
@@ -216,6 +234,8 @@ def _source_changes(
             out.append(f"files from {where} changed")
         elif "url" in a:
             out.append(f"{a['url']} changed")
+        elif "git" in a:
+            out.append(f"{a['git']} now at {a.get('commit', '?')} (was {b.get('commit', '?')})")
         else:
             out.append(f"source {a.get('path', index)} changed")
     return out or ["the sources changed"]
@@ -244,6 +264,8 @@ def _parent_change(new: Record, old: Record, new_about: Mapping[str, str], old_a
     if "step" in new and "step" in old:
         if new_about.get("base"):  # a stage's first step over a --build-context directory
             return f"parent changed: {new_about['base']} changed"
+        if new["step"] == old["step"] and new.get("layer") == old.get("layer"):
+            return "parent changed: the layers under the previous (--link) step changed"
         if new["step"] == old["step"]:
             return f"parent changed: the previous step's layer is now {new['layer']}"
         return "parent changed: an earlier step changed"

@@ -32,6 +32,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import stat
 import sys
 import threading
 import time
@@ -52,6 +53,8 @@ from builder.errors import BuildError, DockerfileError, ImageNotFound
 from builder.executor import DEFAULT_HOSTNAME, RunSpec, run_container
 from builder.fetch import Downloaded, download
 from builder.frontend import instructions as ins
+from builder.frontend.gitref import GitRef, parse_git_ref
+from builder.gitsource import Resolved, checkout, resolve
 from builder.images import find_image
 from builder.mounts import BindRoot, Secrets
 from builder.plan import DEFAULT_PATH, HISTORY_COMMENT, BuildPlan, PlannedStage, Source, Step
@@ -126,6 +129,7 @@ class _Inputs:
     record: Record
     checksums: list[Checksums | None] = field(default_factory=list)  # COPY/ADD: per source, from the context
     downloads: dict[str, Downloaded] = field(default_factory=dict)  # ADD URL: fetched to compute the key
+    gits: dict[str, tuple[GitRef, Resolved]] = field(default_factory=dict)  # ADD git: the commit the key holds
     scratch: list[Path] = field(default_factory=list)  # removed when the step ends
 
     @property
@@ -150,6 +154,13 @@ def _works(step: Step) -> bool:
 
 def _display(instruction: ins.Instruction) -> str:
     return " ".join(instruction.original.split())
+
+
+def _linked(step: Step) -> bool:
+    """COPY/ADD --link: the layer is made on an empty tree and placed on the stage (BuildKit's merge op). With
+    --chmod, BuildKit's front end makes a plain copy instead, and so does pybuild."""
+    instruction = step.instruction
+    return isinstance(instruction, ins.Copy | ins.Add) and instruction.link and not instruction.chmod
 
 
 _T = TypeVar("_T")
@@ -434,15 +445,12 @@ class _Solver:
             if self.network(step) not in ("default", "none", "host"):
                 raise BuildError(f"unsupported network mode {self.network(step)!r} (expected default, none or host)")
         elif isinstance(instruction, ins.Copy | ins.Add):
-            name = instruction.keyword
-            if instruction.link:
-                raise BuildError(f"{name} --link is not supported yet")
-            if instruction.excludes:
-                raise BuildError(f"{name} --exclude is not supported yet")
-            if isinstance(instruction, ins.Copy) and instruction.parents:
-                raise BuildError("COPY --parents is not supported yet")
-            if step.source is not None and step.source.kind == "git":
-                raise BuildError("ADD of a git repository is not supported yet")
+            if _linked(step) and instruction.chown and copying.chown_ids(instruction.chown) is None:
+                # The user would be looked up in the image, which a linked layer may not read (BuildKit #7134).
+                raise BuildError(
+                    f"{instruction.keyword} --link --chown={instruction.chown}: --link needs a numeric user and group",
+                    hint="give UID[:GID], or drop --link",
+                )
 
     def network(self, step: Step) -> str:
         assert isinstance(step.instruction, ins.Run)
@@ -540,10 +548,27 @@ class _Solver:
                         got = download(url, into, checksum=instruction.checksum)
                     tree = copying.MemoryTree(got.name, 0o600, got.mtime, path=got.path)
                     sources.append(copying.CopySource(tree, got.name, unpack=bool(instruction.unpack)))
+            elif source.kind == "git":
+                assert isinstance(instruction, ins.Add)
+                for number, text in enumerate(instruction.sources):
+                    git, resolved = inputs.gits.get(text) or self.git_source(instruction, text, inputs)
+                    into = scratch / f"git-{number}"
+                    into.mkdir()
+                    keep = self.keeps_git_dir(instruction, git)
+                    tree = copying.ContextTree(checkout(git, resolved, into, keep_git_dir=keep).root)
+                    subdir = copying.resolve(tree, git.subdir)
+                    found = tree.lstat(subdir)
+                    if found is None or not stat.S_ISDIR(found.st_mode):
+                        raise BuildError(f"{git.shown}: no directory {git.subdir!r} at {resolved.commit}")
+                    sources.append(copying.CopySource(tree, subdir, excludes=instruction.excludes, whole_tree=True))
             elif instruction.sources:
                 tree = self.source_tree(source, stage, step.line)
                 unpack = is_add and (instruction.unpack is None or instruction.unpack)  # type: ignore[union-attr]
-                sources.extend(copying.CopySource(tree, path, unpack=unpack) for path in instruction.sources)
+                parents = isinstance(instruction, ins.Copy) and instruction.parents
+                sources.extend(
+                    copying.CopySource(tree, path, unpack=unpack, excludes=instruction.excludes, parents=parents)
+                    for path in instruction.sources
+                )
             for heredoc in instruction.heredocs:
                 tree = copying.MemoryTree(heredoc.name, 0o644, self.timestamp, data=heredoc.content.encode())
                 sources.append(copying.CopySource(tree, heredoc.name))
@@ -554,7 +579,10 @@ class _Solver:
                 clamp=self.options.epoch,
                 scratch=scratch,
             )
-            items = copying.copy_items(sources, step.dest, self.view(rootfs), options)
+            # --link: made on an empty tree, so nothing of the stage is read (no symlink of it is followed, every
+            # directory of the destination path is in the layer), then placed on top of the stage.
+            view = RootView([]) if _linked(step) else self.view(rootfs)
+            items = copying.copy_items(sources, step.dest, view, options)
             new, _ = self.write_layer(rootfs, items)
             return new
         finally:
@@ -607,7 +635,8 @@ class _Solver:
                     self.check(step)
                     inputs = self.inputs(stage, step, state, inputs)
                     key = cachekey.key_of(inputs.record)
-                    entry = self.lookup(key) if may_hit else None
+                    # A --link step's key does not depend on the steps before it, so it may hit after they missed.
+                    entry = self.lookup(key) if may_hit or (_linked(step) and self.may_hit(stage)) else None
                     if entry is not None:
                         new = rootfs
                         if entry.layer is not None and entry.diff_id is not None:
@@ -643,7 +672,8 @@ class _Solver:
                         remove_dir(path)
                 changed = len(new.layers) > len(rootfs.layers)
                 rootfs = new
-                state = cachekey.step_parent(key, rootfs.diff_ids[-1] if changed else None)
+                layer = rootfs.diff_ids[-1] if changed else None
+                state = cachekey.linked_parent(key, layer, state) if _linked(step) else cachekey.step_parent(key, layer)
                 self.stage_keys.setdefault(stage.index, []).append(key)
                 about = {}
             if step.history:
@@ -723,6 +753,15 @@ class _Solver:
                 if epoch is not None:
                     fetched["mtime"] = max(0, min(got.mtime, epoch))
                 sources.append(fetched)
+        elif source.kind == "git":
+            assert isinstance(instruction, ins.Add)
+            for text in instruction.sources:
+                inputs.checksums.append(None)
+                git, resolved = self.git_source(instruction, text, inputs)
+                keep = self.keeps_git_dir(instruction, git)
+                record: Record = {"git": git.remote, "commit": resolved.sha if keep else resolved.key}
+                record.update(subdir=git.subdir, keep_git_dir=keep, submodules=git.submodules is not False)
+                sources.append(record)
         elif instruction.sources:
             named = (
                 self.context_image(source.ref, stage.platform, step.line) if source.kind == "named-context" else None
@@ -733,8 +772,17 @@ class _Solver:
                 stats = self.stat_cache(tree.root)
                 links: dict[tuple[int, int], str] = {}
                 with self._lock:  # the stat cache is one per context, shared by every stage
+                    parents = isinstance(instruction, ins.Copy) and instruction.parents
                     for path in instruction.sources:
-                        sums = checksum_source(tree, path, stats=stats, epoch=epoch, links=links)
+                        sums = checksum_source(
+                            tree,
+                            path,
+                            stats=stats,
+                            epoch=epoch,
+                            links=links,
+                            excludes=instruction.excludes,
+                            parents=parents,
+                        )
                         sources.append({"context": source.ref or ".", "path": path, "matches": sums.matches})
                         inputs.checksums.append(sums)
             else:
@@ -749,8 +797,29 @@ class _Solver:
                 for path in instruction.sources:
                     sources.append({**origin, "layers": layers, "path": path})
                     inputs.checksums.append(None)
-        inputs.record = cachekey.copy_record(state, step, sources, platform=platform, epoch=epoch)
+        linked = _linked(step)
+        inputs.record = cachekey.copy_record(state, step, sources, platform=platform, epoch=epoch, linked=linked)
         return inputs
+
+    def git_source(self, instruction: ins.Add, text: str, inputs: _Inputs) -> tuple[GitRef, Resolved]:
+        """An ADD git source and the commit its ref names now (remembered for the checkout on a miss)."""
+        git = parse_git_ref(text)
+        assert git is not None  # the plan made it a git source
+        if instruction.checksum:
+            if git.checksum and git.checksum != instruction.checksum:
+                raise BuildError(f"checksum mismatch {instruction.checksum!r} != {git.checksum!r}")
+            git = replace(git, checksum=instruction.checksum)
+        if instruction.keep_git_dir and git.keep_git_dir is False:
+            raise BuildError("inconsistent keep-git-dir configuration")
+        scratch = self.store.scratch_dir("git")
+        inputs.scratch.append(scratch)
+        resolved = resolve(git, scratch)
+        inputs.gits[text] = (git, resolved)
+        return git, resolved
+
+    @staticmethod
+    def keeps_git_dir(instruction: ins.Add, git: GitRef) -> bool:
+        return bool(instruction.keep_git_dir or git.keep_git_dir) and not git.subdir
 
     @_serialized
     def lookup(self, key: Digest) -> CacheEntry | None:

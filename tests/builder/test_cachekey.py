@@ -95,3 +95,18 @@ def test_score_counts_differing_fields() -> None:
     assert score(old, old) == 0
     assert score({"v": 1, "a": 2, "b": 2}, old) == 1
     assert score({"v": 1, "a": 2}, old) == 2
+
+
+def test_a_linked_copy_has_no_parent_and_the_next_step_names_what_it_was_placed_on() -> None:
+    step = next(s for s in _steps("FROM scratch\nCOPY --link a /a\n") if s.instruction.keyword == "COPY")
+    on_a = cachekey.image_parent(Digest.of_bytes(b"base A"))
+    on_b = cachekey.image_parent(Digest.of_bytes(b"base B"))
+    linked_a = cachekey.copy_record(on_a, step, [], platform=PLATFORM, epoch=None, linked=True)
+    linked_b = cachekey.copy_record(on_b, step, [], platform=PLATFORM, epoch=None, linked=True)
+    assert linked_a["parent"] == {"linked": True} and key_of(linked_a) == key_of(linked_b)
+    key, layer = key_of(linked_a), Digest.of_bytes(b"layer")
+    after_a, after_b = cachekey.linked_parent(key, layer, on_a), cachekey.linked_parent(key, layer, on_b)
+    assert after_a != after_b and after_a["below"] == str(key_of(on_a))
+    next_a = {"v": 1, "op": "copy", "parent": after_a}
+    next_b = {"v": 1, "op": "copy", "parent": after_b}
+    assert differences(next_b, next_a) == ["parent changed: the layers under the previous (--link) step changed"]

@@ -60,7 +60,6 @@ __all__ = [
     "Prepared",
     "Redactor",
     "Secrets",
-    "cache_mount_store",
     "check_run",
     "key_inputs",
     "mount_target",
@@ -217,16 +216,7 @@ def parse_allow(items: Iterable[str]) -> frozenset[str]:
 # ------------------------------------------------------------------------------------- checks and targets
 
 
-def cache_mount_store(root: Path) -> Any | None:
-    """The store's cache mounts (``builder.cachemounts.CacheMountStore``), or None while that module is missing."""
-    try:
-        from builder.cachemounts import CacheMountStore
-    except ImportError:
-        return None
-    return CacheMountStore(root)
-
-
-def check_run(step: Step, *, allow: frozenset[str], cache_mounts: bool) -> None:
+def check_run(step: Step, *, allow: frozenset[str]) -> None:
     """Refuse what this RUN may not do, before its key is computed."""
     instruction = step.instruction
     assert isinstance(instruction, ins.Run)
@@ -235,8 +225,9 @@ def check_run(step: Step, *, allow: frozenset[str], cache_mounts: bool) -> None:
             "RUN --security=insecure is not allowed",
             hint="build with --allow security.insecure to run it with every capability",
         )
-    if not cache_mounts and any(m.type == "cache" for m in step.mounts):
-        raise BuildError("RUN --mount=type=cache is not supported yet")
+    ids = [m.id or m.target for m in step.mounts if m.type == "cache" and m.sharing != "shared" and m.sharing]
+    if len(ids) != len(set(ids)):  # the second would wait for the first, which waits for the RUN
+        raise BuildError("two cache mounts with one id and sharing=locked or private in one RUN would wait forever")
 
 
 def mount_target(spec: MountSpec, workdir: str, ssh_index: int = 0) -> str:

@@ -45,6 +45,7 @@ from builder import cachekey, mounts
 from builder import copy as copying
 from builder.cache import CacheEntry, CacheIndex
 from builder.cachekey import Files, Record
+from builder.cachemounts import CacheMountStore
 from builder.cacheshare import CacheSpec, ImportedCache, write_cache
 from builder.checksum import Checksums, StatCache, checksum_source
 from builder.commit import rfc3339, store_image
@@ -197,7 +198,7 @@ class _Solver:
         self._images: dict[tuple[str, str], Image] = {}
         self._skeleton: Path | None = None
         self.hostname = options.build_args.get("BUILDKIT_SANDBOX_HOSTNAME", "") or DEFAULT_HOSTNAME
-        self.cache_mounts = mounts.cache_mount_store(store.root)  # None until builder/cachemounts.py exists
+        self.cache_mounts = CacheMountStore(store.root)
         self.redactor = mounts.Redactor(options.secrets.values())  # no secret value reaches a log or an error
         self.dockerfile = str(options.dockerfile.absolute()) if options.dockerfile is not None else plan.path
         self.cache = CacheIndex(store.root)
@@ -439,7 +440,7 @@ class _Solver:
         """Refuse what pybuild cannot do yet, before any key is computed or looked up."""
         instruction = step.instruction
         if isinstance(instruction, ins.Run):
-            mounts.check_run(step, allow=self.options.allow, cache_mounts=self.cache_mounts is not None)
+            mounts.check_run(step, allow=self.options.allow)
             if os.geteuid() != 0:
                 raise BuildError("RUN needs root for now (rootless builds are planned)", hint="run pybuild as root")
             if self.network(step) not in ("default", "none", "host"):

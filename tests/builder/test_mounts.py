@@ -139,15 +139,19 @@ def test_allow() -> None:
 def test_insecure_needs_the_entitlement() -> None:
     step = run_step(security="insecure")
     with pytest.raises(BuildError, match="--security=insecure is not allowed") as raised:
-        check_run(step, allow=frozenset(), cache_mounts=True)
+        check_run(step, allow=frozenset())
     assert "--allow security.insecure" in raised.value.hint
-    check_run(step, allow=frozenset({"security.insecure"}), cache_mounts=True)
-    check_run(run_step(security="sandbox"), allow=frozenset(), cache_mounts=True)
+    check_run(step, allow=frozenset({"security.insecure"}))
+    check_run(run_step(security="sandbox"), allow=frozenset())
 
 
-def test_cache_mounts_are_refused_without_their_store() -> None:
-    with pytest.raises(BuildError, match="not supported yet"):
-        check_run(run_step("type=cache,target=/c"), allow=frozenset(), cache_mounts=False)
+def test_two_locked_cache_mounts_of_one_id_are_refused() -> None:
+    with pytest.raises(BuildError, match="would wait forever"):
+        check_run(
+            run_step("type=cache,id=x,target=/a,sharing=locked", "type=cache,id=x,target=/b,sharing=locked"),
+            allow=frozenset(),
+        )
+    check_run(run_step("type=cache,id=x,target=/a", "type=cache,id=x,target=/b"), allow=frozenset())
 
 
 @pytest.mark.parametrize(

@@ -71,14 +71,15 @@ from oci.store import pid_alive
 from oci.tarformat import EntryType, TarReader
 
 __all__ = [
-    "MOUNTS_DIR",
-    "SHARING",
     "CacheMount",
     "CacheMountError",
     "CacheMountInUse",
     "CacheMountStore",
+    "MOUNTS_DIR",
     "MountArchive",
     "Removed",
+    "SHARING",
+    "tree_size",
 ]
 
 MOUNTS_DIR = "cachemounts"
@@ -365,7 +366,7 @@ class CacheMountStore:
         return [self.dir / name for name in names if not name.startswith(".") and _is_dir(self.dir / name)]
 
     def _measure(self, home: Path, record: dict[str, Any], in_use_before: bool) -> int:
-        size = _tree_size(home / _DATA)
+        size = tree_size(home / _DATA)
         if not in_use_before and not _in_use(home):
             changes = record["changes"]
 
@@ -412,7 +413,7 @@ class CacheMountStore:
                 if record is None or not _is_dir(home / _DATA):
                     found = None
                 else:
-                    size = record["size"] if record["size"] is not None else _tree_size(home / _DATA)
+                    size = record["size"] if record["size"] is not None else tree_size(home / _DATA)
                     found = CacheMount(id, record["created"], record["last_used"], size, False, record["uses"])
                 trash = self._work_dir("removed")
                 os.rename(home, trash / "mount")
@@ -725,7 +726,7 @@ def _write_record(home: Path, record: dict[str, Any]) -> None:
         raise
 
 
-def _tree_size(path: Path) -> int:
+def tree_size(path: Path) -> int:
     """Bytes of the regular files under ``path`` (hard links once), following no symlink."""
     total = 0
     seen: set[tuple[int, int]] = set()

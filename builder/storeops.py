@@ -33,9 +33,7 @@ its layer or a cache entry made it. Nothing else is needed, and only that is wha
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -45,7 +43,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from builder.cache import CacheEntry, CacheIndex, store_guard
-from builder.cachemounts import CacheMountStore
+from builder.cachemounts import CacheMountStore, tree_size
 from builder.cacheops import DiskUsage, disk_usage
 from builder.compressed import MEMO_DIR
 from builder.container import running_images
@@ -155,22 +153,6 @@ def _snapshots(root: Path) -> dict[Digest, Path]:
         except InvalidDigest:
             continue
     return found
-
-
-def _tree_size(path: Path) -> int:
-    """Bytes of the regular files under ``path`` (hard links once), following no symlink."""
-    total = 0
-    seen: set[tuple[int, int]] = set()
-    for _dirpath, _dirnames, filenames, dir_fd in os.fwalk(path, follow_symlinks=False):
-        for name in filenames:
-            try:
-                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_size
-    return total
 
 
 @dataclass(frozen=True)
@@ -336,7 +318,7 @@ def _sweep(
                 continue
         except FileNotFoundError:
             continue
-        removed.append((diff_id, _tree_size(path)))
+        removed.append((diff_id, tree_size(path)))
         if not dry_run:
             remove_dir(path)
     if not dry_run:
@@ -615,7 +597,7 @@ def system_df(store: Store, platform: Platform, now: float | None = None) -> Sys
     image_blobs: set[Digest] = set().union(*(r.blobs for r in reach.values())) if reach else set()
     swept_blobs = {d for d, _ in dry.swept.blobs}
     snapshots = _snapshots(store.root)
-    snapshot_sizes = {diff_id: _tree_size(path) for diff_id, path in snapshots.items()}
+    snapshot_sizes = {diff_id: tree_size(path) for diff_id, path in snapshots.items()}
     swept_snapshots = {d for d, _ in dry.swept.snapshots}
     active_images = sum(state.in_use_by_running(walker, d) for d in {d.digest: d for d in state.entries}.values())
     rows = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -102,6 +103,27 @@ def run_pybuild(*args: str, input: str | bytes | None = None, env: dict[str, str
             proc.args, proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
         )
     return CLIResult(proc)
+
+
+def step_states(err: str) -> dict[str, str]:
+    """A build's plain progress read back: each step as shown (without its ``[stage i/n]`` label) -> ``CACHED``,
+    ``DONE`` or ``miss: REASON``; FROM steps are left out."""
+    titles: dict[str, str] = {}
+    states: dict[str, str] = {}
+    for line in err.splitlines():
+        header = re.match(r"#(\d+) (?:\[[^\]]*\] )?(.*)$", line)
+        if header is None:
+            continue
+        number, text = header.groups()
+        if number not in titles and not re.match(r"[\d.]+ |CACHED|DONE|ERROR|cache miss:", text):
+            titles[number] = text
+        elif text == "CACHED":
+            states[titles[number]] = "CACHED"
+        elif text.startswith("cache miss: "):
+            states[titles[number]] = "miss: " + text[len("cache miss: ") :]
+        elif re.fullmatch(r"DONE [\d.]+s", text):
+            states.setdefault(titles[number], "DONE")
+    return {title: state for title, state in states.items() if not title.startswith("FROM ")}
 
 
 def run_pybuild_on_a_terminal(answer: str, *args: str) -> CLIResult:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO, CLIResult, HTTPFiles, run_pybuild, write_context
+from conftest import REPO, CLIResult, HTTPFiles, run_pybuild, step_states, write_context
 
 BUSYBOX = "docker.io/library/busybox:latest"
 
@@ -45,21 +45,7 @@ class Outcome:
 def build(ctx: Path, *args: str, env: dict[str, str] | None = None) -> Outcome:
     result = run_pybuild("build", "--progress", "plain", *args, str(ctx), env=env)
     assert result.code == 0, result
-    titles: dict[str, str] = {}
-    states: dict[str, str] = {}
-    for line in result.err.splitlines():
-        header = re.match(r"#(\d+) (?:\[[^\]]*\] )?(.*)$", line)
-        number = header.group(1) if header else ""
-        if header and number not in titles and not re.match(r"[\d.]+ |CACHED|DONE|cache miss:", header.group(2)):
-            titles[number] = header.group(2)
-            continue
-        if re.fullmatch(r"#\d+ CACHED", line):
-            states[titles[number]] = "CACHED"
-        elif header and header.group(2).startswith("cache miss: "):
-            states[titles[number]] = "miss: " + header.group(2)[len("cache miss: ") :]
-        elif re.fullmatch(r"#\d+ DONE [\d.]+s", line):
-            states.setdefault(titles[number], "DONE")
-    return Outcome(result, {t: s for t, s in states.items() if not t.startswith("FROM ")})
+    return Outcome(result, step_states(result.err))
 
 
 def first_miss(outcome: Outcome) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
-from conftest import CLIResult, run_pybuild, write_context
+from conftest import CLIResult, run_pybuild, step_states, write_context
 from fakeregistry import FakeRegistry, Fault
 from registryserver import RegistryServer
 
@@ -45,32 +45,13 @@ class Outcome:
         return found[0]
 
 
-def _steps(err: str) -> dict[str, str]:
-    titles: dict[str, str] = {}
-    states: dict[str, str] = {}
-    for line in err.splitlines():
-        header = re.match(r"#(\d+) (?:\[[^\]]*\] )?(.*)$", line)
-        if header is None:
-            continue
-        number, text = header.groups()
-        if number not in titles and not re.match(r"[\d.]+ |CACHED|DONE|cache miss:", text):
-            titles[number] = text
-        elif text == "CACHED":
-            states[titles[number]] = "CACHED"
-        elif text.startswith("cache miss: "):
-            states[titles[number]] = "miss: " + text[len("cache miss: ") :]
-        elif re.fullmatch(r"DONE [\d.]+s", text):
-            states.setdefault(titles[number], "DONE")
-    return {title: state for title, state in states.items() if not title.startswith("FROM ")}
-
-
 def build(root: Path, ctx: Path, *args: str) -> Outcome:
     iidfile = root.parent / f"{root.name}.iid"
     result = run_pybuild(
         "--root", str(root), "build", "--progress", "plain", "--iidfile", str(iidfile), *args, str(ctx), env=EPOCH
     )
     assert result.code == 0, result
-    return Outcome(result, _steps(result.err), iidfile.read_text().strip())
+    return Outcome(result, step_states(result.err), iidfile.read_text().strip())
 
 
 def push_base(host: str) -> None:

@@ -12,14 +12,13 @@ import gzip
 import io
 import json
 import os
-import re
 import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import CLIResult, HTTPFiles, require_tool, run_pybuild, write_context
+from conftest import CLIResult, HTTPFiles, require_tool, run_pybuild, step_states, write_context
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -39,22 +38,7 @@ def build(ctx: Path, *args: str, env: dict[str, str] | None = None, ok: bool = T
     result = run_pybuild("build", "--progress", "plain", *args, str(ctx), env=env)
     if ok:
         assert result.code == 0, result
-    titles: dict[str, str] = {}
-    states: dict[str, str] = {}
-    for line in result.err.splitlines():
-        header = re.match(r"#(\d+) (?:\[[^\]]*\] )?(.*)$", line)
-        if header is None:
-            continue
-        number, text = header.groups()
-        if number not in titles and not re.match(r"[\d.]+ |CACHED|DONE|ERROR|cache miss:", text):
-            titles[number] = text
-        elif text == "CACHED":
-            states[titles[number]] = "CACHED"
-        elif text.startswith("cache miss: "):
-            states[titles[number]] = "miss: " + text[len("cache miss: ") :]
-        elif re.fullmatch(r"DONE [\d.]+s", text):
-            states.setdefault(titles[number], "DONE")
-    return Built(result, {t: s for t, s in states.items() if not t.startswith("FROM ")})
+    return Built(result, step_states(result.err))
 
 
 def image(name: str) -> dict:

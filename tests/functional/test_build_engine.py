@@ -485,6 +485,24 @@ def test_an_interrupted_build_leaves_no_process_and_a_usable_store(tmp_path: Pat
     shutil.rmtree(tmp_path / "ctx", ignore_errors=True)
 
 
+def test_several_heredocs_in_one_run(tmp_path: Path, busybox: str) -> None:
+    """The Dockerfile reference's example: each heredoc feeds its own command of one RUN."""
+    dockerfile = """\
+FROM busybox
+RUN <<FILE1 cat > /file1 && <<FILE2 cat > /file2
+I am
+first
+FILE1
+I am
+second
+FILE2
+"""
+    assert build("-t", "two-heredocs", str(context(tmp_path, dockerfile))).code == 0
+    rootfs = unpack(tmp_path, "two-heredocs")
+    assert (rootfs / "file1").read_text() == "I am\nfirst\n"
+    assert (rootfs / "file2").read_text() == "I am\nsecond\n"
+
+
 def test_heredocs_in_run_and_copy(tmp_path: Path, busybox: str) -> None:
     dockerfile = """\
 FROM busybox

@@ -249,9 +249,7 @@ class RegistryClient:
         with self._request("GET", target, f"blobs/{digest}", headers=headers, stream=True) as response:
             yield response
 
-    def fetch_blob(
-        self, ref: Reference, descriptor: Descriptor, store: ContentStore, on_bytes: Callable[[int], None] | None = None
-    ) -> None:
+    def fetch_blob(self, ref: Reference, descriptor: Descriptor, store: ContentStore) -> None:
         """Stream a blob into ``store``, verified; a dropped, truncated or corrupted download is tried again."""
         target = _Target(ref.registry, ref.repository, str(descriptor.digest))
         failure = 0
@@ -261,8 +259,6 @@ class RegistryClient:
                     with self.open_blob(ref, descriptor.digest) as response:
                         for chunk in response.iter_content(_CHUNK):
                             writer.write(chunk)
-                            if on_bytes:
-                                on_bytes(len(chunk))
                     writer.commit()
                 return
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as err:
@@ -303,7 +299,6 @@ class RegistryClient:
         ref: Reference,
         descriptor: Descriptor,
         opener: Callable[[], BinaryIO],
-        on_progress: Callable[[int], None] | None = None,
     ) -> None:
         """Upload a blob: in one PUT, or in ``chunk_size`` PATCHes that resume where the registry says it stopped."""
         target = _Target(ref.registry, ref.repository, str(descriptor.digest))
@@ -312,8 +307,6 @@ class RegistryClient:
         chunk_size = self.options.chunk_size
         if chunk_size <= 0 or descriptor.size <= chunk_size:
             self._put_upload(target, location, descriptor, opener)
-            if on_progress:
-                on_progress(descriptor.size)
             return
         offset = 0
         failures = 0
@@ -322,8 +315,6 @@ class RegistryClient:
             try:
                 location, offset = self._patch(target, location, opener, offset, length)
                 failures = 0
-                if on_progress:
-                    on_progress(offset)
             except RegistryError as err:
                 failures += 1
                 if not err.retryable or failures > self.options.retries:

@@ -79,7 +79,6 @@ def pull_image(
     *,
     resolved: Resolved | None = None,
     on_status: Callable[[str], None] | None = None,
-    on_bytes: Callable[[int], None] | None = None,
 ) -> Pulled:
     """Fetch ``ref``'s image for ``platform`` into ``store``: config and layers first, the manifest last."""
     resolved = resolved or resolve_image(client, ref, platform)
@@ -99,7 +98,7 @@ def pull_image(
         if on_status:
             kind = "config" if blob is manifest.config else "layer"
             on_status(f"pulling {kind} {blob.digest.short} ({blob.size} bytes)")
-        client.fetch_blob(repository, blob, store, on_bytes)
+        client.fetch_blob(repository, blob, store)
         downloaded += blob.size
     store.put_bytes(resolved.raw_manifest, resolved.manifest.digest)
     try:

@@ -245,14 +245,20 @@ class CacheMountStore:
         mode: int,
         seed: Callable[[Path], None] | None,
     ) -> bool:
-        """Make sure the id has its data directory: made, seeded and published under the exclusive lock, so by one
-        process only. False when the id's directory was removed or replaced meanwhile."""
+        """Make sure the id has its data directory: made, seeded and published under the id directory's own lock
+        (the one records are updated under), so by one step only. Not under the mount's lock: a step that holds the
+        mount shared for its whole RUN must not keep another from finding the directory made. False when the id's
+        directory was removed or replaced meanwhile."""
         if _is_dir(home / _DATA):
             return True
-        state = _take(fd, home, fcntl.LOCK_EX, wait=True)
-        if state is None:
+        try:
+            dir_fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
             return False
         try:
+            fcntl.flock(dir_fd, fcntl.LOCK_EX)
+            if not _same_file(fd, home / _LOCK):
+                return False
             if not _is_dir(home / _DATA):
                 made = self._new_dir("new", uid, gid, mode, seed)
                 try:
@@ -263,7 +269,7 @@ class CacheMountStore:
                     remove_dir(made)
                     raise
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(dir_fd)
         return True
 
     def _new_dir(self, kind: str, uid: int, gid: int, mode: int, seed: Callable[[Path], None] | None) -> Path:

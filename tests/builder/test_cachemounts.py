@@ -98,20 +98,27 @@ def test_a_new_mount_is_made_with_its_owner_and_mode_and_kept(store: CacheMountS
 def test_shared_steps_use_the_same_directory_at_once(store: CacheMountStore) -> None:
     barrier = threading.Barrier(3)
     seen: list[Path] = []
+    listings: list[list[str]] = []
+    errors: list[BaseException] = []
 
     def step(n: int) -> None:
-        with store.open("go-build") as directory:
-            (directory / f"from-{n}").write_text(str(n))
-            seen.append(directory)
-            barrier.wait(timeout=10)  # all three are inside at the same time
-            assert sorted(p.name for p in directory.iterdir()) == ["from-0", "from-1", "from-2"]
+        try:
+            with store.open("go-build") as directory:
+                (directory / f"from-{n}").write_text(str(n))
+                seen.append(directory)
+                barrier.wait(timeout=10)  # all three are inside at the same time
+                listings.append(sorted(p.name for p in directory.iterdir()))
+        except BaseException as err:  # noqa: BLE001 - a thread's failure must fail the test
+            errors.append(err)
 
     threads = [threading.Thread(target=step, args=(n,)) for n in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert not errors, errors
     assert len(set(seen)) == 1 and len(seen) == 3
+    assert listings == [["from-0", "from-1", "from-2"]] * 3
 
 
 def test_a_locked_step_waits_for_the_holder_in_another_process(

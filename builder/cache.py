@@ -37,12 +37,14 @@ from typing import Any
 
 from builder.cachekey import Files
 from builder.checksum import StatRow
+from builder.errors import BuildError
 from oci.canonical import canonical_json
 from oci.descriptor import Descriptor
 from oci.digest import Digest
+from oci.errors import StoreFull
 from oci.store import pid_alive
 
-__all__ = ["CacheEntry", "CacheIndex", "INDEX_FILE", "store_guard"]
+__all__ = ["CacheEntry", "CacheIndex", "CacheIndexError", "INDEX_FILE", "store_guard"]
 
 INDEX_FILE = "cache.db"
 LOCK_FILE = "cache.lock"
@@ -175,6 +177,52 @@ def _entry(row: sqlite3.Row) -> CacheEntry:
     )
 
 
+class CacheIndexError(BuildError):
+    """The cache database could not be read or written (other than for want of space: that is ``StoreFull``)."""
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose failures are the store's errors, named after the file: a full disk is ``StoreFull``
+    like a blob that did not fit, anything else a ``CacheIndexError``, never a bare ``sqlite3`` exception."""
+
+    directory = "."
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
+        try:
+            return super().execute(sql, *args)
+        except sqlite3.Error as err:
+            raise _index_error(err, self.directory) from err
+
+    def executemany(self, sql: str, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
+        try:
+            return super().executemany(sql, *args)
+        except sqlite3.Error as err:
+            raise _index_error(err, self.directory) from err
+
+
+def _index_error(err: sqlite3.Error, directory: str) -> Exception:
+    code = getattr(err, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL or "disk is full" in str(err) or (code is not None and _out_of_space(directory)):
+        return StoreFull(f"no space left on device while writing the cache index ({INDEX_FILE}: {err})")
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return CacheIndexError(f"the cache index ({INDEX_FILE}) is damaged: {err}", hint="run 'pybuild fsck --repair'")
+    return CacheIndexError(f"the cache index ({INDEX_FILE}): {err}")
+
+
+def _out_of_space(directory: str) -> bool:
+    """Whether the filesystem is (all but) full: SQLite reports a write that failed with ENOSPC in its WAL or
+    shared-memory file as a plain "disk I/O error", and this tells the two apart."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _FULL_MARGIN
+
+
+#: Less room than this, and a failed write of the cache index is taken to be for want of space.
+_FULL_MARGIN = 256 << 10
+
+
 class CacheIndex:
     """The cache database of one store. Every method is one transaction."""
 
@@ -201,7 +249,10 @@ class CacheIndex:
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False, factory=_Connection
+            )
+            db.directory = os.fspath(self.path.parent)  # type: ignore[attr-defined]
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")

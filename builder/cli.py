@@ -1967,8 +1967,17 @@ def _with_default_verb(parser: _Parser, argv: Sequence[str]) -> list[str]:
 # ------------------------------------------------------------------------------------------------------- main
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt: every ``finally`` on the way out
+    runs (containers killed, scratch removed), and the exit status is 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
+    raise _Terminated(signum)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -1995,7 +2004,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return err.exit_code if isinstance(err, BuildError) else 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
+    except _Terminated as stop:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 128 + stop.signum
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else 0 if code is None else 1

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import functools
 import hashlib
 import os
@@ -664,6 +665,10 @@ class _Solver:
                     located = DockerfileError(str(err), path=self.plan.path, line=step.line)
                     self.failed(out, stage, step, shown, key, located.message)
                     raise located from None
+                except OSError as err:  # the disk: full, or a file the step needed could not be read or written
+                    located = DockerfileError(io_message(err, self.store.root), path=self.plan.path, line=step.line)
+                    self.failed(out, stage, step, shown, key, located.message)
+                    raise located from err
                 except BaseException:
                     self.failed(out, stage, step, shown, key, "interrupted")
                     raise
@@ -1021,6 +1026,14 @@ class _Solver:
                     self.cache.save_stats(root, rows)
             self.cache.finish_build(build, [r.to_json() for r in self.report])
             self.cache.close()
+
+
+def io_message(err: OSError, root: Path) -> str:
+    """An I/O error in words, naming the file when it is known (a full disk: else the store it was writing to)."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left on device" if err.errno == errno.ENOSPC else "disk quota exceeded"
+        return f"{what} while writing {err.filename or f'to the store at {root}'}"
+    return f"{err.strerror or err}: {err.filename}" if err.filename else str(err.strerror or err)
 
 
 def replace_owner(item: LayerItem) -> LayerItem:

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from builder import __version__, cacheops, layerview, storeops
+from builder import __version__, cacheops, cgroups, layerview, storeops
 from builder.cache import CacheIndex
 from builder.cacheshare import check_cache_destination, parse_cache_option
 from builder.commit import rfc3339, source_date_epoch
@@ -317,6 +317,7 @@ def cmd_run(ctx: _Context) -> int:
         network=args.network,
         hostname=args.hostname or "",
         commit=args.commit or "",
+        limits=cgroups.Limits(args.memory, args.pids_limit),
     )
     progress = Progress("quiet" if args.quiet else "plain")
     try:
@@ -332,6 +333,8 @@ def cmd_run(ctx: _Context) -> int:
 
     sys.stdout.flush()
     result = run_image(ctx.store, image, request, name_image=name_image)
+    if result.oom_killed:
+        print(f"{PROG}: killed: out of memory (--memory {cgroups.format_size(args.memory)})", file=sys.stderr)
     return result.status
 
 
@@ -483,6 +486,7 @@ def cmd_build(ctx: _Context) -> int:
         secrets=secrets,
         ssh=agents,
         allow=allow,
+        run_limits=cgroups.Limits(args.memory, args.pids_limit),
     )
     result: BuildResult | None = None
     try:
@@ -1096,6 +1100,36 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _memory_arg(text: str) -> int:
+    try:
+        return cgroups.parse_memory(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _pids_arg(text: str) -> int | None:
+    try:
+        return cgroups.parse_pids(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_run_limits(p: argparse.ArgumentParser, what: str, note: str = "") -> None:
+    """``--memory`` and ``--pids-limit`` (docker's and buildah's names), enforced by ``builder.cgroups``."""
+    p.add_argument(
+        "--memory",
+        type=_memory_arg,
+        metavar="SIZE",
+        help=f"limit {what} to SIZE of memory, swap included (512m, 1g; at least 6m; a cgroup){note}",
+    )
+    p.add_argument(
+        "--pids-limit",
+        type=_pids_arg,
+        metavar="N",
+        help=f"limit {what} to N processes and threads at once (-1 or 0: no limit; a cgroup){note}",
+    )
+
+
 def _size_arg(text: str) -> int:
     try:
         return cacheops.parse_size(text)
@@ -1526,6 +1560,7 @@ def _build_parser() -> _Parser:
         metavar="type=local,dest=DIR|type=registry,ref=REF[,mode=min|max]",
         help="export the build's cached steps to a directory or a registry (mode=min: the image's; max: every stage's)",
     )
+    _add_run_limits(p, "each RUN", "; not in the cache key, as in docker: a cached step is reused")
     p.add_argument(
         "--no-cache-filter",
         action="append",
@@ -1548,6 +1583,7 @@ def _build_parser() -> _Parser:
         "--network", default="default", choices=("default", "none", "host"), help="default/host: the host's network"
     )
     p.add_argument("--hostname", metavar="NAME", help="the container's hostname (default: its short ID)")
+    _add_run_limits(p, "the container")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="the image's platform (default: this machine's)")
     p.add_argument("--commit", metavar="NAME", help="keep the container's changes as a new image NAME")
     p.add_argument("-q", "--quiet", action="store_true", help="no pull progress")

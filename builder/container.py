@@ -4,7 +4,8 @@ The container is the image's layers (as snapshots, read-only) plus a fresh upper
 ``builder.executor`` exactly as a RUN step is run: its own PID, mount, UTS and IPC namespaces (and network, for
 ``--network none``), Docker's default capabilities, the image's user, environment and working directory. Standard
 input, output and error are pybuild's own, so the command's output and exit status pass straight through; Ctrl-C
-reaches the command as it would under ``docker run``.
+reaches the command as it would under ``docker run``. ``--memory`` and ``--pids-limit`` put it in a cgroup of its
+own (``builder.cgroups``), as a RUN step's.
 
 Like ``docker run --rm``, the container is gone when its command exits (pybuild keeps no stopped containers),
 unless ``--commit NAME`` asks for its changes: the upper directory becomes a layer (with the differ RUN uses) on
@@ -24,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from builder import cgroups
 from builder.cache import store_guard
 from builder.commit import rfc3339, store_image
 from builder.errors import BuildError, UsageError
@@ -56,6 +58,7 @@ class ContainerRequest:
     network: str = "default"
     hostname: str = ""  # default: the container's ID, as docker does
     commit: str = ""  # --commit NAME: keep the changes as a new image
+    limits: cgroups.Limits = cgroups.Limits()  # --memory, --pids-limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,7 @@ class ContainerResult:
     id: str
     status: int
     committed: Image | None = None
+    oom_killed: bool = False  # the OOM killer killed a process of the container (--memory)
 
 
 def container_spec(image: Image, request: ContainerRequest, hostname: str) -> RunSpec:
@@ -106,6 +110,7 @@ def run_image(
         raise BuildError("pybuild run needs root for now (rootless containers are planned)")
     if request.network not in ("default", "none", "host"):
         raise UsageError(f"unsupported network mode {request.network!r} (expected default, none or host)")
+    cgroups.check_available(request.limits)
     container_id = secrets.token_hex(32)
     spec = container_spec(image, request, request.hostname or container_id[:12])
     snapshots = SnapshotStore(store.root / "snapshots")
@@ -114,15 +119,23 @@ def run_image(
     lowers = rootfs.lowers(snapshots, store.layout.store, ensure_skeleton(store.root))
     scratch = store.scratch_dir("container")
     try:
-        with _recorded(store, container_id, image):
-            status = run_container(scratch, lowers, spec, on_output or (lambda _: None), interactive=on_output is None)
+        with _recorded(store, container_id, image), cgroups.step_cgroup(request.limits) as cgroup:
+            status = run_container(
+                scratch,
+                lowers,
+                spec,
+                on_output or (lambda _: None),
+                interactive=on_output is None,
+                cgroups=cgroup.procs if cgroup is not None else (),
+            )
+            oom = status != 0 and cgroup is not None and cgroup.oom_killed()
         committed = None
         if request.commit:
             with store_guard(store.root):  # a prune waits until the new layer and image are named
                 committed = _commit(store, image, rootfs, scratch / "upper", RootView(lowers), spec)
                 if name_image is not None:
                     name_image(committed)
-        return ContainerResult(container_id, status, committed)
+        return ContainerResult(container_id, status, committed, oom)
     finally:
         remove_dir(scratch)
 

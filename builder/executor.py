@@ -223,6 +223,7 @@ def run_container(
     on_idle: Callable[[], None] | None = None,
     *,
     interactive: bool = False,
+    cgroups: Sequence[str] = (),
 ) -> int:
     """Run ``spec`` over ``lowers`` (top first); return its exit status (128 + N when killed by signal N).
 
@@ -231,6 +232,8 @@ def run_container(
     ``interactive`` (``pybuild run``): the command gets pybuild's own standard input, output and error instead of
     a pipe to ``on_output``, and a Ctrl-C goes to the command (which shares the terminal's process group) rather
     than ending the wait.
+    ``cgroups``: the ``cgroup.procs`` files (``builder.cgroups``) the sandbox joins before it forks the container, so
+    that everything the command starts is in them.
     Raises ``SandboxError`` when the container itself could not start.
     """
     for name in ("upper", "work", "merged", "files"):
@@ -261,6 +264,7 @@ def run_container(
         "stubs_file": os.fspath(stubs_file),
         "insecure": spec.insecure,
         "engine_pid": os.getpid(),
+        "cgroups": list(cgroups),
         "error_file": os.fspath(error_file),
         "init_pid_file": os.fspath(scratch / "init.pid"),
     }

@@ -3,7 +3,8 @@
 The engine starts this program as ``python -m builder.sandbox SPEC.json`` with the step's output pipe as standard
 output and error. It:
 
-1. makes itself die with the engine (PR_SET_PDEATHSIG), unshares a PID namespace and forks the container's init;
+1. makes itself die with the engine (PR_SET_PDEATHSIG), joins the spec's cgroups (``--memory``, ``--pids-limit``:
+   every process forked from here on is in them), unshares a PID namespace and forks the container's init;
 2. in the init (PID 1): unshares mount, UTS and IPC namespaces (and the network one for ``--network=none``),
    makes every mount private, mounts the overlay (the image's snapshots as lower directories, a fresh upper),
    ``/proc``, a minimal ``/dev`` on tmpfs (null, zero, full, random, urandom, tty, ptmx, pts, shm, mqueue), ``/sys``
@@ -515,7 +516,10 @@ def _init(spec: dict[str, Any]) -> NoReturn:
     if not any(e.startswith("HOME=") for e in env):
         env.append(f"HOME={home}")
     env.extend(spec.get("_private", {}).get("env", []))  # secrets as variables: after the rest, so they win
-    command = os.fork()
+    try:
+        command = os.fork()
+    except OSError as err:  # --pids-limit too low for the command
+        _fail(f"cannot fork the command: {err.strerror}")
     if command == 0:
         try:
             # No descriptor of ours may be a way out (runc CVE-2024-21626): close them before anything looks up
@@ -539,6 +543,16 @@ def _init(spec: dict[str, Any]) -> NoReturn:
     os._exit(_wait_for(command))
 
 
+def _join_cgroups(procs: list[str]) -> None:
+    """Move this process into each cgroup (its ``cgroup.procs`` file), before anything is forked."""
+    for path in procs:
+        try:
+            with open(path, "w") as f:
+                f.write(str(os.getpid()))
+        except OSError as err:
+            _fail(f"cannot join the cgroup {os.path.dirname(path)}: {err.strerror or err}")
+
+
 def main(argv: list[str]) -> NoReturn:
     global _error_fd
     try:
@@ -555,12 +569,16 @@ def main(argv: list[str]) -> NoReturn:
         linux.set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != spec["engine_pid"]:
             os._exit(SETUP_FAILED)  # the engine died before the death signal was armed
+        _join_cgroups(spec.get("cgroups", []))
         linux.unshare(linux.CLONE_NEWPID)
     except OSError as err:
         _fail(str(err))
     alive_read, alive_write = os.pipe()  # init sees EOF on this pipe once we are gone
     spec["_alive_fd"] = alive_read
-    init = os.fork()
+    try:
+        init = os.fork()
+    except OSError as err:  # --pids-limit too low for even the container's init
+        _fail(f"cannot fork the container's init: {err.strerror}")
     if init == 0:
         os.close(alive_write)
         _init(spec)

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from builder import cachekey, mounts
+from builder import cachekey, cgroups, mounts
 from builder import copy as copying
 from builder.cache import CacheEntry, CacheIndex
 from builder.cachekey import Files, Record
@@ -99,6 +99,7 @@ class BuildOptions:
     secrets: Secrets = field(default_factory=Secrets)  # --secret values by id (their repr shows no value)
     ssh: FrozenMap[str, str] = field(default_factory=FrozenMap)  # --ssh: agent sockets by id
     allow: frozenset[str] = frozenset()  # --allow: entitlements (security.insecure, network.host)
+    run_limits: cgroups.Limits = cgroups.Limits()  # --memory, --pids-limit: every RUN's (not in any cache key)
 
 
 @dataclass(frozen=True)
@@ -442,6 +443,7 @@ class _Solver:
         instruction = step.instruction
         if isinstance(instruction, ins.Run):
             mounts.check_run(step, allow=self.options.allow)
+            cgroups.check_available(self.options.run_limits)
             if os.geteuid() != 0:
                 raise BuildError("RUN needs root for now (rootless builds are planned)", hint="run pybuild as root")
             if self.network(step) not in ("default", "none", "host"):
@@ -489,11 +491,23 @@ class _Solver:
                     secret_env=ready.secret_env,
                     insecure=getattr(step.instruction, "security", "") == "insecure",
                 )
-                status = run_container(scratch, lowers, spec, output, self.unless_cancelled(self.progress.refresh))
+                with cgroups.step_cgroup(self.options.run_limits) as cgroup:
+                    status = run_container(
+                        scratch,
+                        lowers,
+                        spec,
+                        output,
+                        self.unless_cancelled(self.progress.refresh),
+                        cgroups=cgroup.procs if cgroup is not None else (),
+                    )
+                    oom = status != 0 and cgroup is not None and cgroup.oom_killed()
             output.close()
             if status != 0:
                 shown = " ".join(step.argv)
-                raise BuildError(f'process "{shown}" did not complete successfully: exit code: {status}')
+                why = f": killed: out of memory (--memory {cgroups.format_size(self.options.run_limits.memory or 0)})"
+                raise BuildError(
+                    f'process "{shown}" did not complete successfully: exit code: {status}' + (why if oom else "")
+                )
             upper = scratch / "upper"
             items = upper_items(upper, RootView(lowers), clamp_mtime=self.options.epoch)
             new, changed = self.write_layer(rootfs, items)
@@ -926,6 +940,7 @@ class _Solver:
 
     def solve(self) -> BuildResult:
         self.snapshots.sweep()
+        cgroups.sweep()  # the step cgroups of engines killed before they could remove them
         self.build_id = self.cache.start_build(self.dockerfile)
         try:
             for spec in self.options.cache_from:

@@ -21,6 +21,9 @@ import pytest
 from fakeregistry import BlobStore, FakeRegistry
 from registryserver import RegistryServer, run_registry
 
+from builder.cache import CacheIndex
+from builder.root import Store, open_store
+
 REPO = Path(__file__).resolve().parent.parent
 TESTDATA = REPO / "testdata"
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -66,6 +69,20 @@ def isolate(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monkey
 @pytest.fixture
 def store_root() -> Path:
     return Path(os.environ["PYBUILD_ROOT"])
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    """A new, empty store at ``tmp_path/root`` (for tests that call the operations directly, not the CLI)."""
+    return open_store(tmp_path / "root")
+
+
+@pytest.fixture
+def index(store: Store) -> Iterator[CacheIndex]:
+    """The cache index of ``store``, closed after the test."""
+    cache = CacheIndex(store.root)
+    yield cache
+    cache.close()
 
 
 @pytest.fixture(scope="session")

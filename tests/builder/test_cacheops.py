@@ -8,8 +8,6 @@ import io
 import json
 import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +16,7 @@ from builder.cache import CacheEntry, CacheIndex
 from builder.commit import store_image
 from builder.compressed import CompressedLayers
 from builder.errors import BuildError
-from builder.root import Store, open_store
+from builder.root import Store
 from oci import mediatypes as mt
 from oci.compression import Compression
 from oci.config import ImageConfig
@@ -29,18 +27,6 @@ from oci.tarformat import EntryType, TarEntry
 
 NOW = time.time()
 HOUR = 3600.0
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return open_store(tmp_path / "root")
-
-
-@pytest.fixture
-def index(store: Store) -> Iterator[CacheIndex]:
-    cache = CacheIndex(store.root)
-    yield cache
-    cache.close()
 
 
 # ------------------------------------------------------------------------------------------------ helpers

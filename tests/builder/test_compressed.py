@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import random
-from pathlib import Path
 
 import pytest
 
@@ -21,11 +20,6 @@ from oci.layer import LayerItem, write_layer
 from oci.tarformat import EntryType, TarEntry
 
 KINDS = [Compression.NONE, Compression.GZIP, Compression.ZSTD]
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return open_store(tmp_path / "root")
 
 
 def _tar(seed: int = 1, size: int = 300_000) -> bytes:

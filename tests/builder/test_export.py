@@ -91,11 +91,6 @@ def _build(store: Store, tmp: Path) -> Image:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return open_store(tmp_path / "root")
-
-
-@pytest.fixture
 def image(store: Store, tmp_path: Path) -> Image:
     return _build(store, tmp_path)
 

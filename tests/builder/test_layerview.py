@@ -4,7 +4,6 @@ reading of real layer blobs (uncompressed, gzip, zstd; missing, corrupt) from a 
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 
@@ -23,7 +22,7 @@ from builder.layerview import (
     read_layer,
     whiteout_target,
 )
-from builder.root import Store, open_store
+from builder.root import Store
 from oci import mediatypes as mt
 from oci.compression import Compression
 from oci.config import History, ImageConfig
@@ -255,11 +254,6 @@ def test_paths_are_normalised_and_aufs_bookkeeping_is_skipped() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return open_store(tmp_path / "root")
 
 
 def item(entry: TarEntry, data: bytes = b"") -> LayerItem:

@@ -12,7 +12,6 @@ import os
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,18 +44,6 @@ from oci.tarformat import EntryType, TarEntry
 
 AMD64 = Platform("linux", "amd64")
 APP = "docker.io/library/app:latest"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return open_store(tmp_path / "root")
-
-
-@pytest.fixture
-def index(store: Store) -> Iterator[CacheIndex]:
-    cache = CacheIndex(store.root)
-    yield cache
-    cache.close()
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -1054,39 +1054,36 @@ def cmd_cache_mounts_rm(ctx: _Context) -> int:
     return 0
 
 
-def cmd_cache_mounts_export(ctx: _Context) -> int:
-    from builder.cachemountshare import export_mounts, parse_location
+def _move_cache_mounts(ctx: _Context, where: str, verb: str) -> Any:
+    """``cache mounts export|import``: move the mounts with progress, one line per mount moved; the result."""
+    from builder.cachemountshare import export_mounts, import_mounts, parse_location
 
     args = ctx.args
-    location = parse_location(args.destination, "export")
+    location = parse_location(where, verb)
     remote = _remote(ctx) if location.ref is not None else None
+    operation = export_mounts if verb == "export" else import_mounts
     progress = Progress("quiet" if args.quiet else args.progress)
     try:
-        exported = export_mounts(_cache_mounts(ctx), location, args.ids, remote=remote, on_status=progress.status)
+        moved = operation(_cache_mounts(ctx), location, args.ids, remote=remote, on_status=progress.status)
     finally:
         progress.done()
     if not args.quiet:
-        for id, size in exported.mounts:
-            print(f"exported {id} ({_human_size(size)})", file=ctx.out)
+        for id, size in moved.mounts:
+            print(f"{verb}ed {id} ({_human_size(size)})", file=ctx.out)
+    return moved
+
+
+def cmd_cache_mounts_export(ctx: _Context) -> int:
+    exported = _move_cache_mounts(ctx, ctx.args.destination, "export")
+    if not ctx.args.quiet:
         digest = f" ({exported.manifest})" if exported.manifest is not None else ""
         print(f"Exported {len(exported.mounts)} cache mounts to {exported.location}{digest}", file=ctx.out)
     return 0
 
 
 def cmd_cache_mounts_import(ctx: _Context) -> int:
-    from builder.cachemountshare import import_mounts, parse_location
-
-    args = ctx.args
-    location = parse_location(args.source, "import")
-    remote = _remote(ctx) if location.ref is not None else None
-    progress = Progress("quiet" if args.quiet else args.progress)
-    try:
-        imported = import_mounts(_cache_mounts(ctx), location, args.ids, remote=remote, on_status=progress.status)
-    finally:
-        progress.done()
-    if not args.quiet:
-        for id, size in imported.mounts:
-            print(f"imported {id} ({_human_size(size)})", file=ctx.out)
+    imported = _move_cache_mounts(ctx, ctx.args.source, "import")
+    if not ctx.args.quiet:
         print(f"Imported {len(imported.mounts)} cache mounts from {imported.location}", file=ctx.out)
     if imported.in_use:
         names = ", ".join(repr(id) for id in imported.in_use)

@@ -60,12 +60,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from builder.errors import BuildError
+from builder.limits import DEFAULT_LIMITS, limit_hint
 from builder.snapshot import remove_dir
-from oci.apply import apply_layer
+from oci.apply import ApplyLimits, apply_layer
 from oci.canonical import load_json_object
 from oci.compression import Compression, decompress_stream
 from oci.digest import Digest, Hasher
-from oci.errors import DigestMismatch, InvalidDocument, OCIError, UnsafeEntry
+from oci.errors import DigestMismatch, InvalidDocument, LimitExceeded, OCIError, UnsafeEntry
 from oci.layer import WHITEOUT_PREFIX, LayerItem, tree_items, write_layer
 from oci.store import pid_alive
 from oci.tarformat import EntryType, TarReader
@@ -162,9 +163,10 @@ class Removed:
 class CacheMountStore:
     """The cache mounts of the store at ``root`` (the store's root: they live in ``root/cachemounts``)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, limits: ApplyLimits = DEFAULT_LIMITS) -> None:
         self.root = Path(root)
         self.dir = self.root / MOUNTS_DIR
+        self.limits = limits  # how far an imported archive may expand (``restore``)
         self._swept = False
 
     def path(self, id: str) -> Path:
@@ -465,18 +467,18 @@ class CacheMountStore:
         where = f"cache mount {archive.id!r}"
         try:
             with open_archive() as stream:
-                _check_archive(stream, archive.diff_id)
+                _check_archive(stream, archive.diff_id, self.limits)
                 while stream.read(_CHUNK):  # to its end, so a verifying stream checks the compressed bytes too
                     pass
         except UnsafeEntry as err:
             raise CacheMountError(f"{where}: refused: {err}") from None
         except OCIError as err:
-            raise CacheMountError(f"{where}: {err}") from None
+            raise CacheMountError(f"{where}: {err}", hint=limit_hint(err)) from None
         made = self._work_dir("import")
         try:
             try:
                 with open_archive() as stream:
-                    apply_layer(stream, made, expected_diff_id=archive.diff_id)
+                    apply_layer(stream, made, expected_diff_id=archive.diff_id, limits=self.limits, what="archive")
             except OCIError as err:
                 raise CacheMountError(f"{where}: {err}") from None
             _own(made, archive.uid, archive.gid)
@@ -782,13 +784,16 @@ def _strict_parts(name: str, is_dir: bool, what: str) -> list[str]:
     return parts
 
 
-def _check_archive(stream: BinaryIO, expected: Digest) -> None:
+def _check_archive(stream: BinaryIO, expected: Digest, limits: ApplyLimits) -> None:
     """Read a mount archive through, writing nothing: refuse what pybuild's writer never makes (see the module
-    docstring), and check its diff_id."""
-    _, plain = decompress_stream(stream)
+    docstring), and check its diff_id. ``limits`` bound its expanded size and its entries as they come."""
+    _, plain = decompress_stream(stream, max_bytes=limits.max_bytes, what="archive")
     hashing = _Hashing(plain)
     kinds: dict[str, EntryType] = {}
-    for entry, _data in TarReader(hashing):  # type: ignore[arg-type]
+    reader = TarReader(hashing)  # type: ignore[arg-type]
+    for entry, _data in reader:
+        if limits.max_entries is not None and reader.entries > limits.max_entries:
+            raise LimitExceeded.too_many_entries("archive", limits.max_entries)
         parts = _strict_parts(entry.path, entry.type is EntryType.DIR, "entry")
         for depth in range(1, len(parts)):
             above = kinds.get("/".join(parts[:depth]))

@@ -67,9 +67,11 @@ from builder.attrs import csv_fields, go_bool, key_values, suggest
 from builder.cache import CacheEntry
 from builder.compressed import CompressedLayers
 from builder.errors import BuildError, UsageError
+from builder.limits import DEFAULT_LIMITS, limit_hint
 from builder.root import Store
 from builder.snapshot import remove_dir
 from oci import mediatypes as mt
+from oci.apply import ApplyLimits
 from oci.canonical import MAX_DOCUMENT_SIZE, canonical_json, load_json_object
 from oci.compression import Compression, decompress_stream
 from oci.descriptor import Descriptor
@@ -80,6 +82,7 @@ from oci.errors import (
     InvalidDigest,
     InvalidDocument,
     LayoutError,
+    LimitExceeded,
     OCIError,
     VerificationError,
 )
@@ -770,10 +773,11 @@ class ImportedCache:
         layer = self._layers.get(entry.diff_id)
         return layer is not None and self.source.has(layer.packed)
 
-    def fetch(self, entry: CacheEntry, blobs: ContentStore) -> None:
+    def fetch(self, entry: CacheEntry, blobs: ContentStore, limits: ApplyLimits = DEFAULT_LIMITS) -> None:
         """Copy ``entry``'s layer into ``blobs`` uncompressed, as the local store keeps it: the compressed blob is
-        verified against its digest as it is read, and the result against the diff_id before it is published.
-        Nothing to do for an entry without a layer, or when ``blobs`` already has it."""
+        verified against its digest as it is read, and the result against the diff_id before it is published; it
+        may not expand beyond ``limits.max_bytes``. Nothing to do for an entry without a layer, or when ``blobs``
+        already has it."""
         if entry.layer is None or entry.diff_id is None or blobs.has(entry.diff_id):
             return
         layer = self._layers.get(entry.diff_id)
@@ -786,7 +790,7 @@ class ImportedCache:
                 self.source.copy(packed, blobs)
                 return
             with self.source.open(packed) as blob:
-                found, plain = decompress_stream(blob)
+                found, plain = decompress_stream(blob, max_bytes=limits.max_bytes, what=f"layer {layer.diff_id}")
                 if found.value != declared:
                     raise CompressionError(f"it is {found.value}, but its media type says {declared}")
                 with blobs.writer(layer.diff_id, layer.size) as writer:
@@ -795,6 +799,8 @@ class ImportedCache:
                     writer.commit()
         except BlobNotFound:
             raise BuildError(f"{self.where}: blob {packed.digest} is missing") from None
+        except LimitExceeded as err:
+            raise BuildError(f"{self.where}: {err}", hint=limit_hint(err)) from None
         except (VerificationError, CompressionError) as err:
             raise BuildError(f"{self.where}: blob {packed.digest} is corrupt: {err}") from None
         except OCIError as err:  # a registry that failed (after its retries)

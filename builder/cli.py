@@ -40,6 +40,7 @@ from builder.images import (
     tag_image,
 )
 from builder.importer import ImportRequest, import_rootfs
+from builder.limits import ENTRIES_ENV, SIZE_ENV, layer_limits, limit_hint
 from builder.mounts import parse_allow, read_agents, read_secrets
 from builder.plan import BuildPlan, PlanOptions, plan_build
 from builder.platforms import host_platform
@@ -55,6 +56,7 @@ from builder.request import (
 )
 from builder.root import Store, open_store, store_root
 from builder.solve import BuildOptions, BuildResult, solve
+from oci.apply import ApplyLimits
 from oci.compression import Compression
 from oci.descriptor import Platform
 from oci.errors import InvalidReference, OCIError
@@ -79,12 +81,13 @@ class _Context:
         self.args = args
         self.environ = environ
         self.out = out
+        self.limits = _layer_limits(args, environ)
         self._store: Store | None = None
 
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = open_store(store_root(self.args.root, self.environ))
+            self._store = open_store(store_root(self.args.root, self.environ), self.limits)
         return self._store
 
     @property
@@ -96,6 +99,23 @@ class _Context:
             return Platform.parse(text, default=host_platform())
         except ValueError as err:
             raise UsageError(str(err)) from None
+
+
+def _layer_limits(args: argparse.Namespace, environ: Mapping[str, str]) -> ApplyLimits:
+    """--max-layer-size and --max-layer-entries, else $PYBUILD_MAX_LAYER_SIZE and $PYBUILD_MAX_LAYER_ENTRIES."""
+
+    def setting(given: int | None, name: str, parse: Callable[[str], int]) -> int | None:
+        if given is not None or not environ.get(name):
+            return given
+        try:
+            return parse(environ[name])
+        except ValueError as err:
+            raise UsageError(f"${name}: {err}") from None
+
+    return layer_limits(
+        setting(getattr(args, "max_layer_size", None), SIZE_ENV, cacheops.parse_size),
+        setting(getattr(args, "max_layer_entries", None), ENTRIES_ENV, _count),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------- verbs
@@ -1017,7 +1037,7 @@ def cmd_cache_explain(ctx: _Context) -> int:
 def _cache_mounts(ctx: _Context) -> Any:
     from builder.cachemounts import CacheMountStore
 
-    return CacheMountStore(ctx.store.root)
+    return CacheMountStore(ctx.store.root, ctx.store.limits)
 
 
 def cmd_cache_mounts(ctx: _Context) -> int:
@@ -1134,6 +1154,19 @@ def _size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _count(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ValueError(f"expected a whole number (0: no limit), not {text!r}")
+    return int(text)
+
+
+def _count_arg(text: str) -> int:
+    try:
+        return _count(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _prune_filter(text: str) -> tuple[str, float]:
     key, eq, value = text.partition("=")
     if key != "until" or not eq:
@@ -1193,7 +1226,7 @@ def cmd_diff(ctx: _Context) -> int:
     target = layerview.find_target(ctx.store, args.image, ctx.platform)
     count = len(target.sources)
     number = _layer_number(args.layer, count, args.image) if args.layer is not None else None
-    seen = layerview.browse(ctx.store.layout.store, target, upto=number)
+    seen = layerview.browse(ctx.store.layout.store, target, upto=number, limits=ctx.store.limits)
     numbers = [number] if number is not None else list(range(1, count + 1))
     if args.format == "json":
         _json_out(ctx, [seen.layer_json(n, changes=True) for n in numbers])
@@ -1221,7 +1254,7 @@ def cmd_diff(ctx: _Context) -> int:
 def cmd_layers(ctx: _Context) -> int:
     args = ctx.args
     target = layerview.find_target(ctx.store, args.image, ctx.platform)
-    seen = layerview.browse(ctx.store.layout.store, target)
+    seen = layerview.browse(ctx.store.layout.store, target, limits=ctx.store.limits)
     analysis = seen.analysis
     if args.format == "json":
         _json_out(ctx, seen.summary_json())
@@ -1550,6 +1583,7 @@ def _build_parser() -> _Parser:
         metavar="type=local,src=DIR|type=registry,ref=REF",
         help="also look for cached steps in this exported cache: a directory, or a registry (fetched lazily)",
     )
+    _add_run_limits(p, "each RUN", "; not in the cache key, as in docker: a cached step is reused")
     p.add_argument(
         "--cache-to",
         action="append",
@@ -1557,7 +1591,6 @@ def _build_parser() -> _Parser:
         metavar="type=local,dest=DIR|type=registry,ref=REF[,mode=min|max]",
         help="export the build's cached steps to a directory or a registry (mode=min: the image's; max: every stage's)",
     )
-    _add_run_limits(p, "each RUN", "; not in the cache key, as in docker: a cached step is reused")
     p.add_argument(
         "--no-cache-filter",
         action="append",
@@ -1961,9 +1994,25 @@ def _add_global_options(parser: argparse.ArgumentParser, *, after_verb: bool) ->
         default=argparse.SUPPRESS if after_verb else [],
         help="allow plain HTTP and unverified TLS for this registry (loopback hosts need no flag)",
     )
+    parser.add_argument(
+        "--max-layer-size",
+        type=_size_arg,
+        metavar="SIZE",
+        default=argparse.SUPPRESS if after_verb else None,
+        help="refuse a layer or archive that expands to more than SIZE (512m, 2g; 0: no limit; default: "
+        "$PYBUILD_MAX_LAYER_SIZE, else 32g)",
+    )
+    parser.add_argument(
+        "--max-layer-entries",
+        type=_count_arg,
+        metavar="N",
+        default=argparse.SUPPRESS if after_verb else None,
+        help="refuse a layer or archive of more than N entries (0: no limit; default: $PYBUILD_MAX_LAYER_ENTRIES, "
+        "else 10000000)",
+    )
 
 
-_GLOBAL_WITH_VALUE = ("--root", "--insecure-registry")
+_GLOBAL_WITH_VALUE = ("--root", "--insecure-registry", "--max-layer-size", "--max-layer-entries")
 _GLOBAL_FLAGS = ("--debug", "--version", "-h", "--help")
 
 
@@ -1981,7 +2030,7 @@ def _with_default_verb(parser: _Parser, argv: Sequence[str]) -> list[str]:
         if word in _GLOBAL_WITH_VALUE:
             i += 2
             continue
-        if word in _GLOBAL_FLAGS or word.startswith(("--root=", "--insecure-registry=")):
+        if word in _GLOBAL_FLAGS or word.startswith(tuple(f"{option}=" for option in _GLOBAL_WITH_VALUE)):
             if word in ("-h", "--help", "--version"):
                 return args
             i += 1
@@ -2057,7 +2106,7 @@ def _report(err: BaseException) -> None:
         message = f"{err.strerror or err}{where}"
     else:
         message = str(err)
-    hint = getattr(err, "hint", "")
+    hint = getattr(err, "hint", "") or limit_hint(err)
     line = f"{PROG}: {message}" + (f" ({hint})" if hint else "")
     print(line.replace("\n", " "), file=sys.stderr)
 

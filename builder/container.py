@@ -113,7 +113,7 @@ def run_image(
     cgroups.check_available(request.limits)
     container_id = secrets.token_hex(32)
     spec = container_spec(image, request, request.hostname or container_id[:12])
-    snapshots = SnapshotStore(store.root / "snapshots")
+    snapshots = SnapshotStore(store.root / "snapshots", store.limits)
     pairs = image.layer_pairs()
     rootfs = Rootfs(tuple(d for d, _ in pairs), tuple(i for _, i in pairs))
     lowers = rootfs.lowers(snapshots, store.layout.store, ensure_skeleton(store.root))

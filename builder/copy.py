@@ -42,10 +42,11 @@ from typing import BinaryIO, Protocol
 from builder.context import IgnoreRules, parse_patterns, walk_context
 from builder.errors import BuildError
 from builder.frontend.gostyle import has_wildcards, path_match
+from builder.limits import DEFAULT_LIMITS, limit_hint
 from builder.snapshot import RootView
-from oci.apply import apply_layer
+from oci.apply import ApplyLimits, apply_layer
 from oci.compression import decompress_stream
-from oci.errors import OCIError
+from oci.errors import LimitExceeded, OCIError
 from oci.layer import WHITEOUT_PREFIX, LayerItem, entry_for_stat, sort_key, tree_items
 from oci.tarformat import EntryType, TarEntry, TarReader
 
@@ -227,6 +228,7 @@ class CopyOptions:
     chmod: str = ""
     clamp: int | None = None  # SOURCE_DATE_EPOCH: no mtime in the layer is later
     scratch: Path | None = None  # where ADD extracts archives (kept until the layer is written)
+    limits: ApplyLimits = DEFAULT_LIMITS  # how far an ADDed archive may expand (checked while it is extracted)
 
 
 # ----------------------------------------------------------------------------------------------- owners
@@ -747,7 +749,9 @@ class _Copier:
         scratch.mkdir(mode=0o700)
         try:
             with tree.open(src) as raw:
-                apply_layer(_decompressed(raw), scratch, same_owner=True)
+                apply_layer(_decompressed(raw), scratch, same_owner=True, limits=self.options.limits, what="archive")
+        except LimitExceeded as err:
+            raise CopyError(f"ADD {src}: {err}", hint=limit_hint(err)) from None
         except OCIError as err:
             raise CopyError(f"ADD {src}: cannot extract the archive: {err}") from None
         for item in tree_items(scratch):

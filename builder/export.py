@@ -581,7 +581,7 @@ def _flatten(image: Image, store: Store, root: Path, say: Callable[[str], None])
     for number, (layer, diff_id) in enumerate(pairs, 1):
         say(f"applying layer {number}/{len(pairs)} {layer.digest.short}")
         with store.layout.store.open(layer.digest, layer.size) as blob:
-            apply_layer(blob, root, expected_diff_id=diff_id)
+            apply_layer(blob, root, expected_diff_id=diff_id, limits=store.limits, what=f"layer {diff_id}")
             while blob.read(_CHUNK):  # the blob's own digest is checked at its end
                 pass
 

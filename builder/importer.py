@@ -15,6 +15,7 @@ from builder.cache import store_guard
 from builder.changes import apply_changes
 from builder.commit import rfc3339, store_image
 from builder.errors import RootfsImportError
+from builder.limits import limit_hint
 from builder.progress import Progress
 from builder.root import Store
 from oci.apply import apply_layer, remove_tree
@@ -53,12 +54,12 @@ def _import(store: Store, request: ImportRequest, progress: Progress) -> Image:
         progress.status(f"unpacking {label}")
         try:
             if request.source == "-":
-                apply_layer(sys.stdin.buffer, scratch)
+                apply_layer(sys.stdin.buffer, scratch, limits=store.limits, what="tarball")
             else:
                 with open(request.source, "rb") as source:
-                    apply_layer(source, scratch)
+                    apply_layer(source, scratch, limits=store.limits, what="tarball")
         except OCIError as err:
-            raise RootfsImportError(f"import {label}: {err}") from err
+            raise RootfsImportError(f"import {label}: {err}", hint=limit_hint(err)) from err
         except FileNotFoundError:
             raise RootfsImportError(f"import {label}: no such file") from None
         except IsADirectoryError:

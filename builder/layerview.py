@@ -41,18 +41,20 @@ or a cache key (or a unique prefix of one) whose chain is the entry's ``parents`
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from builder.cache import INDEX_FILE, CacheEntry, CacheIndex
 from builder.errors import BuildError, ImageNotFound
 from builder.images import find_image, list_images
+from builder.limits import DEFAULT_LIMITS
 from builder.root import Store
+from oci.apply import ApplyLimits
 from oci.compression import decompress_stream
 from oci.descriptor import Descriptor, Platform
 from oci.digest import Digest
-from oci.errors import OCIError
+from oci.errors import LimitExceeded, OCIError
 from oci.image import Image
 from oci.layer import OPAQUE, WHITEOUT_PREFIX
 from oci.store import ContentStore
@@ -156,15 +158,23 @@ def members(entries: Iterable[tuple[str, EntryType, int, str]]) -> list[Member]:
     return out
 
 
-def read_layer(blobs: ContentStore, layer: Descriptor) -> list[Member]:
+def read_layer(blobs: ContentStore, layer: Descriptor, limits: ApplyLimits = DEFAULT_LIMITS) -> list[Member]:
     """The members of ``layer``, in archive order, from its headers (content is skipped, never kept).
 
-    Raises ``OCIError`` when the blob is missing, corrupt (its digest is checked to the last byte) or no tar.
+    Raises ``OCIError`` when the blob is missing, corrupt (its digest is checked to the last byte) or no tar, and
+    ``LimitExceeded`` when it expands beyond ``limits`` (checked as it is read).
     """
     with blobs.open(layer.digest, layer.size) as raw:
-        _, plain = decompress_stream(raw)
+        _, plain = decompress_stream(raw, max_bytes=limits.max_bytes, what=f"layer {layer.digest}")
         reader = TarReader(plain)  # type: ignore[arg-type]
-        found = members((entry.path, entry.type, entry.size, entry.linkname) for entry, _data in reader)
+
+        def headers() -> Iterator[tuple[str, EntryType, int, str]]:
+            for entry, _data in reader:
+                if limits.max_entries is not None and reader.entries > limits.max_entries:
+                    raise LimitExceeded.too_many_entries(f"layer {layer.digest}", limits.max_entries)
+                yield entry.path, entry.type, entry.size, entry.linkname
+
+        found = members(headers())
         while raw.read(_CHUNK):  # what the tar reader left unread is still verified against the digest
             pass
     return found
@@ -554,8 +564,11 @@ class Browse:
         }
 
 
-def browse(blobs: ContentStore, target: Target, upto: int | None = None) -> Browse:
-    """Read ``target``'s layers (the first ``upto`` of them: enough to show layer ``upto``) and analyse them."""
+def browse(
+    blobs: ContentStore, target: Target, upto: int | None = None, limits: ApplyLimits = DEFAULT_LIMITS
+) -> Browse:
+    """Read ``target``'s layers (the first ``upto`` of them: enough to show layer ``upto``) and analyse them; a
+    layer that expands beyond ``limits`` is reported as one that cannot be read."""
     read: list[Sequence[Member] | str] = []
     for source in target.sources[:upto]:
         digest = source.descriptor.digest
@@ -563,7 +576,9 @@ def browse(blobs: ContentStore, target: Target, upto: int | None = None) -> Brow
             read.append(f"layer {digest} is not in the store")
             continue
         try:
-            read.append(read_layer(blobs, source.descriptor))
+            read.append(read_layer(blobs, source.descriptor, limits))
+        except LimitExceeded as err:
+            read.append(str(err))  # it names the layer
         except OCIError as err:
             read.append(f"layer {digest} cannot be read: {err}")
     return Browse(target, analyse(read))

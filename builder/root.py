@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from oci.apply import remove_tree
+from builder.limits import DEFAULT_LIMITS
+from oci.apply import ApplyLimits, remove_tree
 from oci.layout import ImageLayout
 from oci.store import pid_alive
 
@@ -36,6 +37,7 @@ def store_root(cli_root: str | None, environ: Mapping[str, str]) -> Path:
 class Store:
     root: Path
     layout: ImageLayout
+    limits: ApplyLimits = DEFAULT_LIMITS  # how far a layer or archive pybuild unpacks may expand (builder.limits)
 
     def scratch_dir(self, prefix: str) -> Path:
         """A new private directory under ``tmp/`` (same filesystem as the blobs)."""
@@ -44,12 +46,12 @@ class Store:
         return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-{prefix}-", dir=base))
 
 
-def open_store(root: Path) -> Store:
+def open_store(root: Path, limits: ApplyLimits = DEFAULT_LIMITS) -> Store:
     """Open (creating if needed) the store at ``root`` and sweep what killed commands left behind."""
     layout = ImageLayout.open(root, create=True)
     layout.sweep()
     _sweep_scratch(root / "tmp")
-    return Store(root, layout)
+    return Store(root, layout, limits)
 
 
 def _sweep_scratch(tmp: Path) -> None:

@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from oci.apply import OVERLAY_OPAQUE, apply_layer, remove_tree
+from builder.limits import DEFAULT_LIMITS
+from oci.apply import OVERLAY_OPAQUE, ApplyLimits, apply_layer, remove_tree
 from oci.digest import Digest
 from oci.errors import UnsafeEntry
 from oci.layer import WHITEOUT_PREFIX, LayerItem, entry_for_stat, object_item, opaque, whiteout
@@ -46,8 +47,9 @@ def remove_dir(path: Path) -> None:
 
 
 class SnapshotStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, limits: ApplyLimits = DEFAULT_LIMITS) -> None:
         self.root = Path(root)
+        self.limits = limits  # checked while a layer is extracted: a bomb stops at the bound
 
     def path(self, diff_id: Digest) -> Path:
         return self.root / diff_id.encoded
@@ -65,7 +67,9 @@ class SnapshotStore:
         try:
             os.chmod(temp, 0o755)
             with open_layer() as stream:
-                apply_layer(stream, temp, expected_diff_id=diff_id, overlay=True)
+                apply_layer(
+                    stream, temp, expected_diff_id=diff_id, overlay=True, limits=self.limits, what=f"layer {diff_id}"
+                )
             self._publish(temp, target)
         except BaseException:
             remove_dir(temp)

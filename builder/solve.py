@@ -58,6 +58,7 @@ from builder.frontend import instructions as ins
 from builder.frontend.gitref import GitRef, parse_git_ref
 from builder.gitsource import Resolved, checkout, resolve
 from builder.images import find_image
+from builder.limits import limit_hint
 from builder.mounts import BindRoot, Secrets
 from builder.plan import DEFAULT_PATH, HISTORY_COMMENT, BuildPlan, PlannedStage, Source, Step
 from builder.progress import Progress, StepProgress
@@ -191,7 +192,7 @@ class _Solver:
         self.options = options
         self.progress = progress
         self.blobs = store.layout.store
-        self.snapshots = SnapshotStore(store.root / "snapshots")
+        self.snapshots = SnapshotStore(store.root / "snapshots", store.limits)
         self.started = time.time()
         self.timestamp = options.epoch if options.epoch is not None else int(self.started)
         self.created = rfc3339(self.timestamp)
@@ -594,6 +595,7 @@ class _Solver:
                 chmod=instruction.chmod,
                 clamp=self.options.epoch,
                 scratch=scratch,
+                limits=self.store.limits,
             )
             # --link: made on an empty tree, so nothing of the stage is read (no symlink of it is followed, every
             # directory of the destination path is in the layer), then placed on top of the stage.
@@ -676,7 +678,7 @@ class _Solver:
                     self.failed(out, stage, step, shown, key, located.message)
                     raise located from None
                 except OCIError as err:
-                    located = DockerfileError(str(err), path=self.plan.path, line=step.line)
+                    located = DockerfileError(str(err), path=self.plan.path, line=step.line, hint=limit_hint(err))
                     self.failed(out, stage, step, shown, key, located.message)
                     raise located from None
                 except OSError as err:  # the disk: full, or a file the step needed could not be read or written
@@ -874,7 +876,7 @@ class _Solver:
                 continue
             with self.cache.guard():
                 self.progress.status(f"importing the layer of {entry.step!r} ({entry.diff_id}) from the cache")
-                imported.fetch(entry, self.blobs)
+                imported.fetch(entry, self.blobs, self.store.limits)
                 self.cache.put(entry, None, self.build_id)
             del self.deferred[key]
         return rootfs

@@ -66,7 +66,7 @@ from oci.config import parse_config
 from oci.descriptor import Descriptor, Platform
 from oci.digest import Digest
 from oci.docker_archive import read_docker_archive, write_docker_archive
-from oci.errors import InvalidDigest, InvalidDocument, InvalidReference, OCIError
+from oci.errors import InvalidDigest, InvalidDocument, InvalidReference, LimitExceeded, OCIError
 from oci.frozen import FrozenMap
 from oci.image import Image, load_image
 from oci.manifest import Index, parse_document
@@ -762,7 +762,7 @@ class Loaded:
 @contextmanager
 def _archive_file(store: Store, source: str, stdin: BinaryIO) -> Iterator[Path]:
     """A plain tar file of the archive: ``source`` itself when it is one, else a scratch copy (of standard input,
-    or decompressed from gzip or zstd, as ``docker load`` reads them)."""
+    or decompressed from gzip or zstd, as ``docker load`` reads them, within the store's size limit)."""
     if source != "-":
         path = Path(source)
         try:
@@ -781,8 +781,13 @@ def _archive_file(store: Store, source: str, stdin: BinaryIO) -> Iterator[Path]:
     try:
         target = scratch / "archive.tar"
         with open(path, "rb") if source != "-" else _unclosed(stdin) as raw, open(target, "wb") as copy:
-            _, plain = decompress_stream(raw)
+            kind, plain = decompress_stream(raw)
+            # A compressed archive may be a bomb: it may expand as far as one layer may (a plain one costs its sender
+            # as much as it costs us).
+            limit = store.limits.max_bytes if kind is not Compression.NONE else None
             while chunk := plain.read(_CHUNK):
+                if limit is not None and copy.tell() + len(chunk) > limit:
+                    raise LimitExceeded.too_large("standard input" if source == "-" else source, limit)
                 copy.write(chunk)
         yield target
     finally:
@@ -802,7 +807,7 @@ def load_images(
     say = on_status or (lambda _message: None)
     with _archive_file(store, source, stdin) as path, store_guard(store.root):
         say(f"loading {source}")
-        found = read_docker_archive(path, store.layout.store, platform=platform)
+        found = read_docker_archive(path, store.layout.store, platform=platform, max_layer_bytes=store.limits.max_bytes)
         layout = store.layout
         loaded = []
         for item in found:

@@ -43,7 +43,10 @@ _AUFS_META = WHITEOUT_PREFIX + WHITEOUT_PREFIX
 
 @dataclass(frozen=True, slots=True)
 class ApplyLimits:
-    """Bounds on what one layer may do. ``None`` means unbounded."""
+    """Bounds on what one layer may do. ``None`` means unbounded.
+
+    The bounds are checked while the layer streams in, so a decompression bomb costs at most ``max_bytes`` of
+    disk (and one chunk of memory) before it is refused."""
 
     max_bytes: int | None = None  # uncompressed tar bytes
     max_entries: int | None = None
@@ -59,9 +62,10 @@ class ApplyResult:
 
 
 class _HashingReader:
-    def __init__(self, source: BinaryIO, limits: ApplyLimits) -> None:
+    def __init__(self, source: BinaryIO, limits: ApplyLimits, what: str) -> None:
         self._source = source
         self._limit = limits.max_bytes
+        self._what = what
         self.hasher = Hasher()
 
     def readinto(self, view: memoryview) -> int:
@@ -69,7 +73,7 @@ class _HashingReader:
         if n:
             self.hasher.update(view[:n])
             if self._limit is not None and self.hasher.size > self._limit:
-                raise LimitExceeded(f"layer expands to more than the {self._limit}-byte limit")
+                raise LimitExceeded.too_large(self._what, self._limit)
         return n
 
     def drain(self) -> None:
@@ -86,24 +90,25 @@ def apply_layer(
     limits: ApplyLimits = ApplyLimits(),
     same_owner: bool | None = None,
     overlay: bool = False,
+    what: str = "layer",
 ) -> ApplyResult:
     """Apply the (possibly compressed) layer in ``stream`` onto the directory ``root``.
 
     ``same_owner`` sets file owners from the archive; by default only when running as root. With ``overlay``,
     ``root`` is an empty directory that is to hold this layer alone, as an overlayfs lower directory: whiteouts
     become overlayfs whiteouts (a 0/0 character device) and opaque markers the ``trusted.overlay.opaque``
-    attribute, instead of deleting anything.
+    attribute, instead of deleting anything. ``what`` names the stream in a ``LimitExceeded`` message.
     """
     if same_owner is None:
         same_owner = os.geteuid() == 0
     _, plain = decompress_stream(stream)
-    hashing = _HashingReader(plain, limits)
+    hashing = _HashingReader(plain, limits, what)
     applier = _Applier(os.fsencode(root), limits, same_owner, overlay)
     try:
         reader = TarReader(hashing)  # type: ignore[arg-type]
         for entry, data in reader:
             if limits.max_entries is not None and reader.entries > limits.max_entries:
-                raise LimitExceeded(f"layer has more than the {limits.max_entries}-entry limit")
+                raise LimitExceeded.too_many_entries(what, limits.max_entries)
             applier.apply(entry, data)
         applier.finish()
         hashing.drain()
@@ -118,7 +123,7 @@ def apply_layer(
 def _clean(name: str, limits: ApplyLimits) -> tuple[str, ...]:
     """Split an archive name into components inside the root; refuse a climb above it."""
     if len(encode_name(name)) > limits.max_path_bytes:
-        raise LimitExceeded(f"{name[:80]!r}...: path longer than {limits.max_path_bytes} bytes")
+        raise LimitExceeded(f"{name[:80]!r}...: path longer than {limits.max_path_bytes} bytes", "path")
     parts: list[str] = []
     for part in name.split("/"):
         if part in ("", "."):
@@ -130,7 +135,7 @@ def _clean(name: str, limits: ApplyLimits) -> tuple[str, ...]:
         else:
             parts.append(part)
     if len(parts) > limits.max_depth:
-        raise LimitExceeded(f"{name[:80]!r}...: deeper than {limits.max_depth} directories")
+        raise LimitExceeded(f"{name[:80]!r}...: deeper than {limits.max_depth} directories", "depth")
     return tuple(parts)
 
 

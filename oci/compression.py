@@ -15,7 +15,7 @@ from typing import BinaryIO, Protocol
 import zstandard
 
 from oci import mediatypes as mt
-from oci.errors import CompressionError
+from oci.errors import CompressionError, LimitExceeded
 
 __all__ = ["Compression", "Compressor", "compressor", "decompress_stream", "sniff"]
 
@@ -274,15 +274,44 @@ class _ZstdReader(io.RawIOBase):
         return n
 
 
-def decompress_stream(raw: BinaryIO) -> tuple[Compression, BinaryIO]:
-    """Detect the compression of ``raw`` and return a stream of its uncompressed bytes."""
+def decompress_stream(
+    raw: BinaryIO, *, max_bytes: int | None = None, what: str = "layer"
+) -> tuple[Compression, BinaryIO]:
+    """Detect the compression of ``raw`` and return a stream of its uncompressed bytes.
+
+    With ``max_bytes``, reading more than that many uncompressed bytes raises ``LimitExceeded`` (naming ``what``)
+    as they come out, so a decompression bomb is stopped at the bound rather than after it."""
     buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(_RawAdapter(raw), _CHUNK)
     kind = sniff(buffered.peek(4)[:4])
+    plain: BinaryIO = buffered
     if kind is Compression.GZIP:
-        return kind, io.BufferedReader(_GzipReader(buffered), _CHUNK)  # type: ignore[arg-type]
-    if kind is Compression.ZSTD:
-        return kind, io.BufferedReader(_ZstdReader(buffered), _CHUNK)  # type: ignore[arg-type]
-    return kind, buffered
+        plain = io.BufferedReader(_GzipReader(buffered), _CHUNK)  # type: ignore[arg-type,assignment]
+    elif kind is Compression.ZSTD:
+        plain = io.BufferedReader(_ZstdReader(buffered), _CHUNK)  # type: ignore[arg-type,assignment]
+    if max_bytes is not None:
+        plain = io.BufferedReader(_Bounded(plain, max_bytes, what), _CHUNK)  # type: ignore[arg-type,assignment]
+    return kind, plain
+
+
+class _Bounded(io.RawIOBase):
+    def __init__(self, stream: BinaryIO, limit: int, what: str) -> None:
+        super().__init__()
+        self._stream = stream
+        self._left = limit
+        self._limit = limit
+        self._what = what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        # One byte more than is left, to tell "exactly at the bound" from "over it".
+        n = self._stream.readinto(view[: self._left + 1]) or 0  # type: ignore[attr-defined]
+        if n > self._left:
+            raise LimitExceeded.too_large(self._what, self._limit)
+        self._left -= n
+        return n
 
 
 class _RawAdapter(io.RawIOBase):

@@ -552,11 +552,13 @@ def _store_layer(
     diff_id: Digest,
     declared: Compression | None,
     what: str,
+    max_bytes: int | None = None,
 ) -> Descriptor:
-    """Copy a layer into ``store``; publish it only if it decompresses to ``diff_id`` (and hashes to ``expected``)."""
+    """Copy a layer into ``store``; publish it only if it decompresses to ``diff_id`` (and hashes to ``expected``)
+    without expanding beyond ``max_bytes``."""
     with store.writer(expected, size) as writer:
         tee = _Tee(stream, writer)
-        kind, plain = decompress_stream(tee)  # type: ignore[arg-type]
+        kind, plain = decompress_stream(tee, max_bytes=max_bytes, what=what)  # type: ignore[arg-type]
         if declared is not None and kind is not declared:
             raise InvalidDocument(f"{what} is {kind.value} but its media type says {declared.value}")
         hasher = Hasher(diff_id.algorithm)
@@ -632,20 +634,24 @@ def _repo_tags(names: list[str], what: str) -> tuple[Reference, ...]:
     return tuple(refs)
 
 
-def read_docker_archive(path: Path, store: ContentStore, *, platform: Platform | None = None) -> list[LoadedImage]:
+def read_docker_archive(
+    path: Path, store: ContentStore, *, platform: Platform | None = None, max_layer_bytes: int | None = None
+) -> list[LoadedImage]:
     """Copy the images of the archive at ``path`` into ``store``, verified; return their manifests and tags.
 
     ``manifest.json`` (any Docker version, skopeo, go-containerregistry) is read if present: config and layers
     are stored as they are and a new OCI manifest is written for each image. Otherwise the archive must be an
     OCI image layout (``index.json``), whose manifests are kept as they are; ``platform`` chooses from a
-    multi-platform index entry. Anything wrong raises an ``OCIError`` and leaves only complete, verified blobs.
+    multi-platform index entry. A layer that decompresses to more than ``max_layer_bytes`` is refused
+    (``LimitExceeded``) as soon as it does. Anything wrong raises an ``OCIError`` and leaves only complete,
+    verified blobs.
     """
     with open(path, "rb") as stream:
         archive = _Archive.index(stream, stream.fileno(), str(path))
         if MANIFEST_FILE in archive.entries:
-            return _read_manifest_json(archive, store)
+            return _read_manifest_json(archive, store, max_layer_bytes)
         if INDEX_FILE in archive.entries:
-            return _read_oci_layout(archive, store, platform)
+            return _read_oci_layout(archive, store, platform, max_layer_bytes)
     raise InvalidArchive(f"{path} has neither {MANIFEST_FILE} nor {INDEX_FILE}: not a docker archive")
 
 
@@ -679,7 +685,7 @@ def _check_item(archive: _Archive, item: dict[str, Any], what: str) -> _LegacyIm
     return _LegacyImage(raw_config, _named_digest(config_path, config=True), layers, tags)
 
 
-def _read_manifest_json(archive: _Archive, store: ContentStore) -> list[LoadedImage]:
+def _read_manifest_json(archive: _Archive, store: ContentStore, max_layer_bytes: int | None) -> list[LoadedImage]:
     items = _parse_manifest_json(archive.document(MANIFEST_FILE, "file"))
     # Everything that can be checked without reading layers is, before the store sees a byte.
     images = [_check_item(archive, item, f"{MANIFEST_FILE} entry {n}") for n, item in enumerate(items)]
@@ -699,6 +705,7 @@ def _read_manifest_json(archive: _Archive, store: ContentStore) -> list[LoadedIm
                         diff_id=diff_id,
                         declared=None,
                         what=f"{MANIFEST_FILE} entry {number} layer {entry.path!r}",
+                        max_bytes=max_layer_bytes,
                     )
             layers.append(stored[key])
         # The config goes in after its layers, so a refused layer leaves no orphaned config behind.
@@ -722,7 +729,9 @@ def _index_tags(entry: Descriptor) -> tuple[Reference, ...]:
         return ()
 
 
-def _read_oci_layout(archive: _Archive, store: ContentStore, platform: Platform | None) -> list[LoadedImage]:
+def _read_oci_layout(
+    archive: _Archive, store: ContentStore, platform: Platform | None, max_layer_bytes: int | None
+) -> list[LoadedImage]:
     if archive.has(LAYOUT_FILE):
         marker = load_json_object(archive.document(LAYOUT_FILE, "file"), LAYOUT_FILE)
         version = marker.get("imageLayoutVersion")
@@ -740,13 +749,13 @@ def _read_oci_layout(archive: _Archive, store: ContentStore, platform: Platform 
         chosen = platform if platform is not None else Platform("", "")
         image = load_image(blobs, Descriptor(entry.media_type, entry.digest, entry.size), chosen)
         if image.digest not in by_manifest:
-            by_manifest[image.digest] = (_copy_image(image, blobs, store), [])
+            by_manifest[image.digest] = (_copy_image(image, blobs, store, max_layer_bytes), [])
         tags = by_manifest[image.digest][1]
         tags.extend(t for t in _index_tags(entry) if t not in tags)
     return [LoadedImage(descriptor, tuple(tags)) for descriptor, tags in by_manifest.values()]
 
 
-def _copy_image(image: Image, blobs: _ArchiveBlobs, store: ContentStore) -> Descriptor:
+def _copy_image(image: Image, blobs: _ArchiveBlobs, store: ContentStore, max_layer_bytes: int | None) -> Descriptor:
     config = image.manifest.config
     image.config  # noqa: B018  (parses the config and checks its media type before anything is stored)
     for number, (layer, diff_id) in enumerate(image.layer_pairs()):
@@ -763,6 +772,7 @@ def _copy_image(image: Image, blobs: _ArchiveBlobs, store: ContentStore) -> Desc
                 diff_id=diff_id,
                 declared=Compression(declared),
                 what=f"image {image.digest} layer {number}",
+                max_bytes=max_layer_bytes,
             )
     store.put_bytes(image.raw_config, config.digest)
     store.put_bytes(image.raw_manifest, image.digest)

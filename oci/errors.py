@@ -40,6 +40,7 @@ __all__ = [
     "UnsafeEntry",
     "UnsupportedMediaType",
     "VerificationError",
+    "size_text",
 ]
 
 
@@ -104,4 +105,25 @@ class UnsafeEntry(LayerError):
 
 
 class LimitExceeded(LayerError):
-    pass
+    """A bound of ``ApplyLimits`` was hit; ``bound`` says which: "bytes" (the expanded size), "entries", "path" or
+    "depth", so that a caller can say how to raise it."""
+
+    def __init__(self, message: str, bound: str = "") -> None:
+        super().__init__(message)
+        self.bound = bound
+
+    @classmethod
+    def too_large(cls, what: str, limit: int) -> LimitExceeded:
+        return cls(f"{what} expands to more than the {size_text(limit)} limit", "bytes")
+
+    @classmethod
+    def too_many_entries(cls, what: str, limit: int) -> LimitExceeded:
+        return cls(f"{what} has more than the {limit}-entry limit", "entries")
+
+
+def size_text(size: int) -> str:
+    """``1 MiB``, ``32 GiB``, ``1000000-byte``: a size as a limit is named."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift} {unit}"
+    return f"{size}-byte"

@@ -20,6 +20,7 @@ import pytest
 from conftest import REPO, require_root
 
 from builder.cachemounts import CacheMountError, CacheMountInUse, CacheMountStore, MountArchive
+from oci.apply import ApplyLimits
 from oci.compression import Compression, compressor
 from oci.digest import Digest
 
@@ -472,3 +473,25 @@ def test_archives_keep_owners_as_root(store: CacheMountStore, tmp_path: Path) ->
     with other.open("owned") as directory:
         assert (directory.stat().st_uid, directory.stat().st_gid) == (33, 33)
         assert ((directory / "f").stat().st_uid, (directory / "f").stat().st_gid) == (1000, 2000)
+
+
+@pytest.mark.parametrize(
+    ("entries", "limits", "message"),
+    [
+        ([("file", "zeros", "\0" * (4 << 20))], ApplyLimits(max_bytes=1 << 20), "expands to more than the 1 MiB"),
+        ([("file", f"f{i}", "") for i in range(50)], ApplyLimits(max_entries=20), "has more than the 20-entry"),
+    ],
+    ids=["bytes", "entries"],
+)
+def test_an_archive_beyond_the_store_limits_is_refused_before_anything_is_written(
+    tmp_path: Path, entries: list[tuple[str, str, str]], limits: ApplyLimits, message: str
+) -> None:
+    store = CacheMountStore(tmp_path / "root", limits)
+    data, diff_id = _hostile(entries)
+    archive = MountArchive("bomb", diff_id, 0, 0, 0, 0, 0o755, 0, 0.0, 0.0)
+    before = _tree(tmp_path)
+    with pytest.raises(CacheMountError, match=message) as caught:
+        store.restore(archive, lambda: io.BytesIO(data))
+    assert caught.value.hint.startswith("raise it with --max-layer-")
+    assert _tree(tmp_path) == before
+    assert store.list() == []

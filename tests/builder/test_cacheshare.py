@@ -35,6 +35,7 @@ from builder.errors import BuildError, UsageError
 from builder.remote import RegistrySettings, Remote
 from builder.root import Store, open_store
 from oci import mediatypes as mt
+from oci.apply import ApplyLimits
 from oci.compression import Compression
 from oci.descriptor import Descriptor
 from oci.digest import Digest
@@ -960,3 +961,24 @@ def test_skopeo_copies_a_pushed_cache_into_a_directory_that_imports_the_same(
     other = open_store(tmp_path / "third")
     pulled.fetch(built.copy, other.layout.store)
     assert other.layout.store.read(built.layers[2].digest) == built.tars[2]
+
+
+@pytest.mark.parametrize("kind", [Compression.GZIP, Compression.ZSTD], ids=lambda k: k.value)
+def test_a_layer_beyond_the_size_limit_is_refused_while_it_streams(
+    built: Built, store: Store, tmp_path: Path, kind: Compression
+) -> None:
+    directory = tmp_path / "cache"
+    export_cache(directory, built.all, store, compression=kind)
+    cache = ImportedCache.load(directory)
+    other = open_store(tmp_path / "other")
+    with pytest.raises(BuildError) as caught:
+        cache.fetch(built.run, other.layout.store, ApplyLimits(max_bytes=64 << 10))
+    layer = built.layers[1].digest
+    assert str(caught.value) == (
+        f"--cache-from type=local,src={directory}: layer {layer} expands to more than the 64 KiB limit"
+    )
+    assert caught.value.hint == "raise it with --max-layer-size"
+    assert not other.layout.store.has(layer)
+    assert not any(other.layout.store.ingest_dir.iterdir())
+    cache.fetch(built.run, other.layout.store, ApplyLimits(max_bytes=len(built.tars[1])))  # exactly at the bound
+    assert other.layout.store.read(layer) == built.tars[1]

@@ -477,6 +477,16 @@ def test_zstd_bomb_stops_at_max_bytes(arena: Arena) -> None:
     refuse(arena, bomb, LimitExceeded, "10000000-byte limit", limits=ApplyLimits(max_bytes=10_000_000))
 
 
+def test_limit_errors_name_the_stream_and_the_bound(arena: Arena) -> None:
+    bomb = zero_file_bomb(Compression.GZIP, 4 << 20)
+    message = "^layer sha256:ab expands to more than the 1 MiB limit$"
+    err = refuse(arena, bomb, LimitExceeded, message, limits=ApplyLimits(max_bytes=1 << 20), what="layer sha256:ab")
+    assert err.bound == "bytes"  # type: ignore[attr-defined]
+    three, message = archive(*(file(f"f{i}") for i in range(3))), "^archive has more than the 2-entry limit$"
+    err = refuse(arena, three, LimitExceeded, message, limits=ApplyLimits(max_entries=2), what="archive")
+    assert err.bound == "entries"  # type: ignore[attr-defined]
+
+
 def test_too_many_entries(arena: Arena) -> None:
     data = archive(*(file(f"f{i}") for i in range(11)))
     refuse(arena, data, LimitExceeded, "10-entry limit", limits=ApplyLimits(max_entries=10))

@@ -13,7 +13,7 @@ import zstandard
 
 from oci import mediatypes as mt
 from oci.compression import Compression, compressor, decompress_stream, sniff
-from oci.errors import CompressionError, OCIError
+from oci.errors import CompressionError, LimitExceeded, OCIError
 
 KINDS = [Compression.NONE, Compression.GZIP, Compression.ZSTD]
 
@@ -269,3 +269,48 @@ def test_zstd_frames_of_every_header_shape_end_cleanly(checksum: bool, content_s
     assert decompress_stream(io.BytesIO(frames))[1].read() == payload + b"second frame"
     with pytest.raises(CompressionError, match="truncated"):
         decompress_stream(io.BytesIO(frames[:-3]))[1].read()
+
+
+# ---------------------------------------------------------------------------------------------------- bounds
+
+
+class _EndlessGzip(io.RawIOBase):
+    """gzip members of 1 MiB of zeros, one after another, forever: a stream that expands without bound."""
+
+    MEMBER = gzip.compress(bytes(1 << 20))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.consumed = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        offset = self.consumed % len(self.MEMBER)
+        n = min(len(view), len(self.MEMBER) - offset)
+        view[:n] = self.MEMBER[offset : offset + n]
+        self.consumed += n
+        return n
+
+
+def test_an_endless_stream_stops_at_max_bytes_while_it_is_read() -> None:
+    raw = _EndlessGzip()
+    _, plain = decompress_stream(raw, max_bytes=3 << 20, what="the endless layer")
+    with pytest.raises(LimitExceeded, match="^the endless layer expands to more than the 3 MiB limit$") as caught:
+        while plain.read(1 << 16):
+            pass
+    assert caught.value.bound == "bytes"
+    # About one read-ahead chunk of compressed input (which would expand to 1 GiB): stopped at the bound.
+    assert raw.consumed < 2 << 20
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_max_bytes_allows_a_stream_of_exactly_that_size(kind: Compression) -> None:
+    data = _random(100_000)
+    _, plain = decompress_stream(io.BytesIO(_compress(kind, data)), max_bytes=len(data))
+    assert plain.read() == data
+    _, plain = decompress_stream(io.BytesIO(_compress(kind, data)), max_bytes=len(data) - 1)
+    with pytest.raises(LimitExceeded, match="layer expands to more than the 99999-byte limit"):
+        plain.read()

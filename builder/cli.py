@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from builder import __version__, cacheops, cgroups, layerview, storeops
+from builder import __version__, cacheops, cgroups, fsck, layerview, storeops
 from builder.cache import CacheIndex
 from builder.cacheshare import check_cache_destination, parse_cache_option
 from builder.commit import rfc3339, source_date_epoch
@@ -748,6 +748,29 @@ def cmd_prune(ctx: _Context) -> int:
     return 0
 
 
+def cmd_fsck(ctx: _Context) -> int:
+    args = ctx.args
+    store = fsck.open_for_check(store_root(args.root, ctx.environ))  # not ctx.store: its sweep hides leftovers
+    report = fsck.check_store(store, repair=args.repair)
+    if args.format == "json":
+        _json_out(ctx, report.to_json())
+    else:
+        for finding in report.findings:
+            ctx.out.write(finding.line() + "\n")
+        checked = report.checked
+        counts = [
+            (checked.blobs, f"blob ({_human_size(checked.bytes)})", f"blobs ({_human_size(checked.bytes)})"),
+            (checked.images, "image", "images"),
+            (checked.cache_records, "cache record", "cache records"),
+            (checked.snapshots, "snapshot", "snapshots"),
+            (checked.cache_mounts, "cache mount", "cache mounts"),
+            (checked.memos, "compressed-copy memo", "compressed-copy memos"),
+        ]
+        text = ", ".join(f"{n} {one if n == 1 else many}" for n, one, many in counts)
+        ctx.out.write(f"checked {text}\n{report.summary()}\n")
+    return 0 if report.clean else 1
+
+
 def cmd_system_df(ctx: _Context) -> int:
     args = ctx.args
     usage = storeops.system_df(ctx.store, ctx.platform)
@@ -1392,6 +1415,19 @@ examples:
   pybuild system df
   pybuild system df -v
   pybuild system df --format json | jq -r 'select(.Type == "Images") | .Reclaimable'""",
+    "fsck": """Hashes every blob, and checks index.json's images (manifests, configs and layers present and
+whole), the step cache's records and leases, snapshots, cache mounts, the memos of compressed
+copies and sources.db. One line per finding, then 'N problems'. Leftovers (files of killed
+commands, snapshots nothing needs, leases of builds that died) are listed too, but harmless: only
+problems make the exit status 1. --repair deletes corrupt blobs, then whatever needed them (index
+entries and cache records, now dangling), then snapshots nothing needs (as 'pybuild prune' decides)
+and leftovers; never what a running build or container holds. A corrupt index.json or cache.db is
+reported, not repaired.
+
+examples:
+  pybuild fsck
+  pybuild fsck --repair
+  pybuild fsck --format json | jq -r '.findings[] | select(.repairable | not) | .subject'""",
     "history": """examples:
   pybuild history app
   pybuild history --no-trunc --format json app | jq -r .CreatedBy""",
@@ -1678,6 +1714,10 @@ def _build_parser() -> _Parser:
     p.add_argument("-v", "--verbose", action="store_true", help="also each image's and each cache entry's space")
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="which image of a multi-platform index to show")
+
+    p = verb("fsck", "Check every blob, image, snapshot and cache record in the store, and repair", cmd_fsck)
+    p.add_argument("--repair", action="store_true", help="remove what is corrupt, dangling or left over")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
 
     p = verb("history", "Show an image's history: each step, its time, command and layer size", cmd_history)
     p.add_argument("image", metavar="IMAGE", help="a name, an image ID (or prefix) or a manifest digest")

@@ -84,6 +84,7 @@ __all__ = [
     "archive_output",
     "export_rootfs",
     "load_images",
+    "needed_snapshots",
     "plan_prune",
     "prune",
     "remove_image",
@@ -252,6 +253,14 @@ def _read_state(store: Store, cache: CacheIndex) -> _State:
         cache=tuple(cache.entries()),
         memos=tuple(_memos(store.root)),
     )
+
+
+def needed_snapshots(store: Store, in_use: Iterable[Descriptor], cache: Iterable[CacheEntry]) -> frozenset[Digest]:
+    """The diff_ids whose snapshots ``prune`` keeps, given ``index.json``, the images in use (leased by running
+    builds, used by running containers) and the step-cache entries. ``fsck`` asks, with what it read itself (reading
+    the state here would also drop dead builds' leases and containers' records, which ``fsck`` reports first)."""
+    state = _State(tuple(store.layout.index().manifests), tuple(in_use), frozenset(), tuple(cache), ())
+    return frozenset(state.needed(_Walker(store)).diff_ids)
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from builder import __version__, cacheops, cgroups, fsck, layerview, storeops
+from builder import __version__, cacheops, cgroups, fsck, info, layerview, storeops
 from builder.cache import CacheIndex
 from builder.cacheshare import check_cache_destination, parse_cache_option
 from builder.commit import rfc3339, source_date_epoch
@@ -769,6 +769,15 @@ def cmd_fsck(ctx: _Context) -> int:
         text = ", ".join(f"{n} {one if n == 1 else many}" for n, one, many in counts)
         ctx.out.write(f"checked {text}\n{report.summary()}\n")
     return 0 if report.clean else 1
+
+
+def cmd_info(ctx: _Context) -> int:
+    found = info.collect(ctx.store)
+    if ctx.args.format == "json":
+        _json_out(ctx, found.to_json())
+    else:
+        ctx.out.write(info.render(found))
+    return 0
 
 
 def cmd_system_df(ctx: _Context) -> int:
@@ -1697,6 +1706,16 @@ def _build_parser() -> _Parser:
         type=_prune_filter,
         metavar="until=DURATION",
         help="only images created, and blobs and snapshots written, longer ago than DURATION (24h, 90m, 7d)",
+    )
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+
+    p = verb(
+        "info",
+        "Show pybuild's version, its store, and what this machine lets RUN do",
+        cmd_info,
+        description="Show pybuild's version, the store's root and what it holds (by count: 'system df' has sizes), "
+        "and whether this machine has what RUN relies on (root, overlayfs, the cgroup controllers behind --memory "
+        "and --pids-limit).",
     )
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
 

@@ -740,28 +740,35 @@ def _re2_escape(src: str, i: int) -> tuple[int, int]:
 # I/O: choosing and reading the ignore file
 
 
-def select_ignore_file(context_dir: Path, dockerfile: Path | None = None) -> Path | None:
+def select_ignore_file(context_dir: Path, dockerfile: Path | None = None, *, named: bool = False) -> Path | None:
     """The ignore file BuildKit would use, or ``None``.
 
     ``<Dockerfile>.dockerignore`` beside the Dockerfile (``build/app.Dockerfile.dockerignore`` for
     ``-f build/app.Dockerfile``; ``CONTEXT/Dockerfile.dockerignore`` without ``-f``) wins over
-    ``CONTEXT/.dockerignore`` when it exists, even if empty. A symlink counts as existing.
+    ``CONTEXT/.dockerignore`` when it exists, even if empty. A symlink counts as existing. A ``named`` context
+    (``--build-context NAME=DIR``) has only ``DIR/.dockerignore``, the one file BuildKit's dockerui reads there.
     """
     dockerfile = dockerfile if dockerfile is not None else context_dir / _DEFAULT_DOCKERFILE
-    for candidate in (dockerfile.parent / (dockerfile.name + DEFAULT_IGNORE_FILE), context_dir / DEFAULT_IGNORE_FILE):
+    candidates = [context_dir / DEFAULT_IGNORE_FILE]
+    if not named:
+        candidates.insert(0, dockerfile.parent / (dockerfile.name + DEFAULT_IGNORE_FILE))
+    for candidate in candidates:
         if os.path.lexists(candidate):
             return candidate
     return None
 
 
-def load_ignore_rules(context_dir: Path, dockerfile: Path | None = None) -> tuple[Path | None, IgnoreRules]:
-    """Select, read and parse the ignore file; ``(None, IgnoreRules())`` when there is none.
+def load_ignore_rules(
+    context_dir: Path, dockerfile: Path | None = None, *, named: bool = False
+) -> tuple[Path | None, IgnoreRules]:
+    """Select (see ``select_ignore_file``), read and parse the ignore file; ``(None, IgnoreRules())`` when there is
+    none.
 
     The file may be a symlink that stays inside the directory the builder reads it from (the context, or the
     Dockerfile's directory). One that leaves it, dangles, or is not a regular file is a ``ContextError``:
     BuildKit silently builds without the file then (moby#42108), sending everything it was meant to keep out.
     """
-    path = select_ignore_file(context_dir, dockerfile)
+    path = select_ignore_file(context_dir, dockerfile, named=named)
     if path is None:
         return None, IgnoreRules()
     display = _display(path, context_dir)

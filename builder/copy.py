@@ -59,6 +59,7 @@ __all__ = [
     "Selected",
     "SourceFilter",
     "SourceTree",
+    "check_inside",
     "chown_ids",
     "copy_items",
     "directory_items",
@@ -368,6 +369,22 @@ def resolve(tree: _Nodes, path: str, follow_last: bool = True) -> str:
     return "/".join(resolved)
 
 
+def check_inside(tree: object, path: str) -> None:
+    """Refuse a source path that climbs above its root with ``..`` (a leading ``/`` is the root), as Docker's
+    classic builder does ("forbidden path outside the build context"): BuildKit cleans ``COPY ../x`` into the
+    context's own ``x`` (docker/docs#19500), which copies something else than what was written. Symlinks are not
+    looked at here: ``resolve`` follows them inside the root."""
+    depth = 0
+    for part in path.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                where = "the build context" if isinstance(tree, ContextTree) else "the root of the --from source"
+                raise CopyError(f"forbidden path outside {where}: {path}")
+        elif part not in ("", "."):
+            depth += 1
+
+
 def match_wildcards(tree: SourceTree, path: str) -> list[str]:
     """fsutil's ResolveWildcards: the literal prefix resolved, then the rest matched below it in walk order."""
     return [match for match, _ in _wildcard_matches(tree, path)]
@@ -486,6 +503,7 @@ def select(source: CopySource) -> tuple[list[Selected], SourceFilter | None]:
     Dockerfile reference says; BuildKit itself still copies it, moby/buildkit#5489). ``--parents`` copies the root
     with the include pattern; without wildcards the path must exist."""
     tree, path = source.tree, source.path
+    check_inside(tree, path)
     excludes = parse_patterns(source.excludes, "--exclude") if source.excludes else None
     includes = None
     if source.parents:

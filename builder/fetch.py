@@ -40,7 +40,7 @@ class Downloaded:
 def url_file_name(url: str) -> str:
     """The name BuildKit gives a downloaded file: the URL path's last element, else ``__unnamed__``."""
     base = posixpath.basename(urllib.parse.urlsplit(url).path)
-    return base if base not in ("", ".", "/") else "__unnamed__"
+    return base if base not in ("", ".", "..", "/") else "__unnamed__"  # "..": a name that would climb out
 
 
 def _checker(checksum: str) -> tuple[str, str] | None:

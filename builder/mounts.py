@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.checksum import Checksums, StatCache, checksum_source
-from builder.copy import ContextTree, CopyError, ImageTree, SourceTree, resolve
+from builder.copy import ContextTree, CopyError, ImageTree, SourceTree, check_inside, resolve
 from builder.errors import BuildError, UsageError
 from builder.executor import MountPoint
 from builder.frontend import instructions as ins
@@ -299,6 +299,10 @@ def key_inputs(step: Step, roots: Roots, *, epoch: int | None) -> tuple[list[dic
             sums.append(None)
             continue
         try:
+            check_inside(root.context, spec.source)
+        except CopyError as err:
+            raise BuildError(f"bind mount {target}: {err.message}") from None
+        try:
             checksums = checksum_source(root.context, spec.source, stats=root.stats, epoch=epoch)
         except CopyError as err:
             raise BuildError(f"bind mount {target}: source {err.message}") from None
@@ -310,6 +314,7 @@ def key_inputs(step: Step, roots: Roots, *, epoch: int | None) -> tuple[list[dic
 def _resolved(root: BindRoot, path: str, target: str) -> tuple[str, os.stat_result]:
     tree = root.tree()
     try:
+        check_inside(tree, path)
         rel = resolve(tree, path)
     except CopyError as err:
         raise BuildError(f"bind mount {target}: {err.message}") from None

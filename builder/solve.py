@@ -160,6 +160,13 @@ def _display(instruction: ins.Instruction) -> str:
     return " ".join(instruction.original.split())
 
 
+def _named_context_tree(directory: Path) -> copying.ContextTree:
+    """``--build-context NAME=DIR``: the directory seen through its own ``.dockerignore``, as BuildKit's dockerui
+    loads a named local context (an ignored file is not sent, so no step can read it)."""
+    _, rules = load_ignore_rules(directory, named=True)
+    return copying.ContextTree(directory, rules)
+
+
 def _linked(step: Step) -> bool:
     """COPY/ADD --link: the layer is made on an empty tree and placed on the stage (BuildKit's merge op). With
     --chmod, BuildKit's front end makes a plain copy instead, and so does pybuild."""
@@ -375,7 +382,7 @@ class _Solver:
         cached under the directory's checksum)."""
         name, platform, epoch = stage.base.ref, stage.platform, self.options.epoch
         directory = Path(self.options.contexts[name])
-        tree = copying.ContextTree(directory)
+        tree = _named_context_tree(directory)
         sums = checksum_source(tree, "", stats=self.stat_cache(tree.root), epoch=epoch)
         record = cachekey.tree_record(name, sums.matches[0]["tree"], platform=platform, epoch=epoch)
         key = cachekey.key_of(record)
@@ -387,7 +394,11 @@ class _Solver:
                 rootfs = rootfs.with_layer(entry.layer, entry.diff_id)
             created = self.moment(entry.created)
         else:
-            items = (replace_owner(item) for item in tree_items(directory, clamp_mtime=epoch))
+            items = (
+                replace_owner(item)
+                for item in tree_items(directory, clamp_mtime=epoch)
+                if tree.lstat(item.entry.path) is not None  # what its .dockerignore leaves out is not sent
+            )
             try:
                 rootfs, _ = self.write_layer(Rootfs(), items)
                 self.remember(key, _Inputs(record), stage, stage.line, f"FROM {name}", "", rootfs)
@@ -409,7 +420,7 @@ class _Solver:
         elif source.kind == "named-context":
             found = self.context_image(source.ref, stage.platform, line)
             if found is None:
-                return copying.ContextTree(Path(self.options.contexts[source.ref]))
+                return _named_context_tree(Path(self.options.contexts[source.ref]))
             image = found
         else:
             raise DockerfileError(f"cannot copy from a {source.kind} source yet", path=self.plan.path, line=line)

@@ -28,7 +28,7 @@ from builder.commit import rfc3339, source_date_epoch
 from builder.context import list_context
 from builder.errors import BuildError, DockerfileError, UsageError
 from builder.export import check_destination, export_image, parse_output
-from builder.frontend.dockerfile import parse_dockerfile
+from builder.frontend.dockerfile import DockerfileAST, parse_dockerfile
 from builder.images import (
     base_config,
     filter_images,
@@ -42,7 +42,7 @@ from builder.images import (
 from builder.importer import ImportRequest, import_rootfs
 from builder.limits import ENTRIES_ENV, SIZE_ENV, layer_limits, limit_hint
 from builder.mounts import parse_allow, read_agents, read_secrets
-from builder.plan import BuildPlan, PlanOptions, plan_build
+from builder.plan import BuildPlan, PlanOptions, check_dockerfile, plan_build
 from builder.platforms import host_platform
 from builder.progress import Progress
 from builder.remote import PushResult, RegistrySettings, Remote
@@ -400,10 +400,12 @@ def _build_request(ctx: _Context) -> BuildRequest:
     )
 
 
-def _plan(ctx: _Context, request: BuildRequest, *, all_stages: bool, remote: Remote | None = None) -> BuildPlan:
-    data = read_dockerfile(request, sys.stdin.buffer)
-    ast = parse_dockerfile(data, request.dockerfile_label)
-    options = PlanOptions(
+def _read_dockerfile(request: BuildRequest) -> DockerfileAST:
+    return parse_dockerfile(read_dockerfile(request, sys.stdin.buffer), request.dockerfile_label)
+
+
+def _plan_options(request: BuildRequest, all_stages: bool) -> PlanOptions:
+    return PlanOptions(
         build_args=request.build_args,
         target=request.target,
         platform=request.platform,
@@ -412,6 +414,19 @@ def _plan(ctx: _Context, request: BuildRequest, *, all_stages: bool, remote: Rem
         labels=request.labels,
         all_stages=all_stages,
     )
+
+
+def _plan(
+    ctx: _Context,
+    request: BuildRequest,
+    *,
+    all_stages: bool,
+    remote: Remote | None = None,
+    ast: DockerfileAST | None = None,
+) -> BuildPlan:
+    if ast is None:
+        ast = _read_dockerfile(request)
+    options = _plan_options(request, all_stages)
     if remote is not None:  # a build: base images' configs come from the store, else from their registries
         return plan_build(ast, options, remote.base_config)
     # Base images' configs come from the store when it exists; printing a plan never creates one.
@@ -463,6 +478,9 @@ def cmd_build(ctx: _Context) -> int:
         _warn(plan)
         ctx.out.write(json.dumps(plan.to_json(), indent=2, ensure_ascii=False) + "\n")
         return 0
+    # The whole Dockerfile is read and checked before anything touches the store or the network.
+    ast = _read_dockerfile(request)
+    check_dockerfile(ast, _plan_options(request, all_stages=False))
     try:
         compression = Compression.parse(args.compression)
     except ValueError as err:
@@ -484,7 +502,7 @@ def cmd_build(ctx: _Context) -> int:
     allow = parse_allow(args.allow)
     epoch = _epoch(ctx, request)
     remote = _remote(ctx, refresh=args.pull)
-    plan = _plan(ctx, request, all_stages=False, remote=remote)
+    plan = _plan(ctx, request, all_stages=False, remote=remote, ast=ast)
     _note_syntax(plan, args.quiet)
     _warn(plan)
     log_file = open(args.log_file, "w", encoding="utf-8") if args.log_file else None  # noqa: SIM115
@@ -1584,6 +1602,7 @@ def _build_parser() -> _Parser:
     p.add_argument(
         "--network", default="default", choices=("default", "none", "host"), help="RUN's network (default: host's)"
     )
+    _add_run_limits(p, "each RUN", "; not in the cache key, as in docker: a cached step is reused")
     p.add_argument(
         "--secret",
         action="append",
@@ -1628,7 +1647,6 @@ def _build_parser() -> _Parser:
         metavar="type=local,src=DIR|type=registry,ref=REF",
         help="also look for cached steps in this exported cache: a directory, or a registry (fetched lazily)",
     )
-    _add_run_limits(p, "each RUN", "; not in the cache key, as in docker: a cached step is reused")
     p.add_argument(
         "--cache-to",
         action="append",

@@ -33,7 +33,7 @@ from builder.frontend import instructions as ins
 from builder.frontend.checks import CheckConfig, Warning, file_checks, looks_secret, parse_check_directive, select
 from builder.frontend.dockerfile import Directives, DockerfileAST, Heredoc, parse_dockerfile, parse_heredoc_word
 from builder.frontend.gitref import is_git_source
-from builder.frontend.gostyle import go_quote, go_quote_rune, suggest, with_suggestion
+from builder.frontend.gostyle import go_quote, go_quote_rune, parse_int, suggest, with_suggestion
 from builder.frontend.runmount import MountSpec, parse_mount
 from builder.frontend.shell import Lexer
 from oci.config import Healthcheck, History, ImageConfig, RuntimeConfig
@@ -49,6 +49,7 @@ __all__ = [
     "PlannedStage",
     "Source",
     "Step",
+    "check_dockerfile",
     "instruction_json",
     "plan_build",
     "plan_dockerfile",
@@ -371,8 +372,13 @@ def _check_digest(text: str) -> None:
 
 
 def _check_signal(name: str) -> None:
-    if name.isdigit():
-        if int(name) == 0:
+    """moby/sys/signal's ParseSignal: a number strconv.Atoi reads (not 0), or a known name."""
+    try:
+        number: int | None = parse_int(name)
+    except ValueError:
+        number = None
+    if number is not None:
+        if number == 0:
             raise DockerfileError(f"invalid signal: {name}")
         return
     upper = name.upper().removeprefix("SIG")
@@ -387,9 +393,7 @@ def _check_signal(name: str) -> None:
 def _port_number(text: str) -> int:
     if text == "":
         raise ValueError("value is empty")
-    if not re.fullmatch(r"[+-]?[0-9]+", text):
-        raise ValueError("invalid syntax")
-    port = int(text)
+    port = parse_int(text)  # ValueError: "invalid syntax" or "value out of range"
     if not 0 <= port <= 65535:
         raise ValueError("value out of range (0–65535)")
     return port
@@ -512,9 +516,16 @@ class _StageInfo:
     deps: dict[int, int] = field(default_factory=dict)  # stage index -> line that needs it
 
 
+class _Deferred(Exception):
+    """In ``check_dockerfile``: the error found may be one a base image's config would avoid."""
+
+
 class _Planner:
-    def __init__(self, ast: DockerfileAST, options: PlanOptions, base_configs: BaseConfigs) -> None:
+    def __init__(
+        self, ast: DockerfileAST, options: PlanOptions, base_configs: BaseConfigs, checking: bool = False
+    ) -> None:
         self.ast = ast
+        self.checking = checking
         self.path = ast.path
         self.options = options
         self.base_configs = base_configs
@@ -662,9 +673,14 @@ class _Planner:
     # --- dependencies
 
     def source_for(self, value: str, infos: Sequence[_StageInfo], line: int, numeric: bool) -> Source:
-        if numeric and value.isdigit():
-            index = int(value)
-            if index >= len(infos):
+        index: int | None = None
+        if numeric:  # BuildKit's toCommand: what strconv.Atoi reads is a stage index, anything else a name
+            try:
+                index = parse_int(value)
+            except ValueError:
+                index = None
+        if index is not None:
+            if not 0 <= index < len(infos):
                 raise self.fail(f"invalid stage index {index}", line)
             return Source("stage", infos[index].stage.name or str(index), index)
         for info in infos:
@@ -675,7 +691,9 @@ class _Planner:
         try:
             return Source("image", str(Reference.parse(value)))
         except InvalidReference:
-            raise self.fail(f"invalid from flag value {value}: {_reference_error(value)}", line) from None
+            # An unknown name is an image, and resolving it fails as BuildKit's resolveBaseImage does.
+            message = f"failed to parse stage name {go_quote(value)}: {_reference_error(value)}"
+            raise self.fail(message, line) from None
 
     def link(self, infos: list[_StageInfo]) -> None:
         for info in infos:
@@ -690,9 +708,15 @@ class _Planner:
         self, info: _StageInfo, infos: list[_StageInfo], position: int, instruction: ins.Instruction
     ) -> None:
         if isinstance(instruction, ins.Copy) and instruction.from_:
-            if "$" in instruction.from_:
+            try:  # BuildKit's toCommand: a --from that processing with no variables would change is refused
+                processed = self.lexer.expand(instruction.from_, {}).value
+            except DockerfileError as err:
+                raise err.located(self.path, instruction.line) from None
+            if processed != instruction.from_:
                 raise self.fail(
-                    "'--from' doesn't support variable expansion, define alias stage instead", instruction.line
+                    "variable expansion is not supported for --from, define a new stage with FROM using ARG from"
+                    " global scope as a workaround",
+                    instruction.line,
                 )
             source = self.source_for(instruction.from_, infos, instruction.line, numeric=True)
             info.sources[position] = source
@@ -1053,6 +1077,8 @@ class _Planner:
                 argv = (*shell, full)
         else:
             argv = run.command.argv(shell)
+        if not argv:
+            raise DockerfileError("arguments are required")  # BuildKit's ExecOp.Validate, for RUN []
         proxy = self._proxy_env(state)
         env = state.env
         build_args: dict[str, str] = {}
@@ -1152,6 +1178,22 @@ class _Planner:
 
     # --- the whole plan
 
+    def _may_depend_on_base(self, infos: Sequence[_StageInfo], index: int, line: int) -> bool:
+        """Whether an error at ``line`` in stage ``index`` may go away once the base image's config is known: the
+        stage comes from an image, and the error is in its ONBUILD triggers (reported at FROM) or in an
+        instruction that expands a variable the image's ENV may set."""
+        base = infos[index].base
+        while base.kind == "stage":
+            base = infos[base.stage].base
+        if base.kind != "image":
+            return False
+        if line == infos[index].stage.start.line:
+            return True
+        for raw in self.ast.instructions:
+            if raw.start_line == line:
+                return "$" in raw.original or any("$" in h.content for h in raw.heredocs)
+        return True
+
     def run(self) -> BuildPlan:
         stages, global_args = ins.to_stages(self.ast)
         directive = self.options.checks or self.ast.directives.check
@@ -1179,7 +1221,12 @@ class _Planner:
         wanted = range(len(infos)) if self.options.all_stages else self.reachable(infos, target)
         planned: dict[int, tuple[PlannedStage, _StageState]] = {}
         for index in wanted:
-            planned[index] = self.plan_stage(infos[index], infos, planned)
+            try:
+                planned[index] = self.plan_stage(infos[index], infos, planned)
+            except DockerfileError as err:
+                if self.checking and self._may_depend_on_base(infos, index, err.line):
+                    raise _Deferred from None
+                raise
         target_stage = planned[target][0]
         if self.options.labels:
             runtime = target_stage.config.config
@@ -1236,6 +1283,18 @@ def _reference_error(text: str) -> str:
 def plan_build(ast: DockerfileAST, options: PlanOptions, base_configs: BaseConfigs = _no_configs) -> BuildPlan:
     """The resolved plan for ``ast`` under ``options``. Raises ``DockerfileError`` with ``path:line``."""
     return _Planner(ast, options, base_configs).run()
+
+
+def check_dockerfile(ast: DockerfileAST, options: PlanOptions) -> None:
+    """Raise the plan's first error that no base image's config can avoid, without asking for any config: run
+    before a build touches the store or the network, so that a broken Dockerfile fails with no side effect.
+
+    An error in a stage built on an image, in an instruction that expands a variable (which the image's ENV may
+    set) or in the image's ONBUILD triggers, waits for the build's own plan, which has the config."""
+    try:
+        _Planner(ast, options, _no_configs, checking=True).run()
+    except _Deferred:
+        pass
 
 
 def plan_dockerfile(

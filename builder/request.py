@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from builder.errors import ContextError, UsageError
+from builder.errors import ContextError, DockerfileError, UsageError
 from builder.platforms import host_platform
 from oci.descriptor import Platform
 from oci.frozen import FrozenMap
@@ -81,6 +81,8 @@ def resolve_paths(context: str, dockerfile: str | None) -> tuple[Path | None, Pa
             raise UsageError("-f cannot be used when the Dockerfile comes from standard input (CONTEXT is -)")
         return None, None
     root = Path(context)
+    if root.exists() and not root.is_dir():
+        raise ContextError(f"unable to prepare context: context must be a directory: {context}")
     if not root.is_dir():
         raise ContextError(f'unable to prepare context: path "{context}" not found')
     if dockerfile == "-":
@@ -112,7 +114,7 @@ def read_dockerfile(request: BuildRequest, stdin: BinaryIO) -> bytes:
     if len(data) > MAX_DOCKERFILE_BYTES:
         raise ContextError(f"{request.dockerfile_label}: larger than {MAX_DOCKERFILE_BYTES} bytes")
     if not data.strip():
-        raise ContextError("the Dockerfile cannot be empty")
+        raise DockerfileError("the Dockerfile cannot be empty", path=request.dockerfile_label)
     return data
 
 

@@ -2,8 +2,9 @@
 
 ``go_quote`` is strconv.Quote (what ``%q`` prints for a string), ``go_quote_rune`` is what ``%q`` prints for an
 integer (a quoted rune), ``suggest`` is BuildKit's util/suggest (Levenshtein distance below 3, matching the
-case of what was typed), ``parse_duration`` is time.ParseDuration with its error messages, and ``path_match``
-is path/filepath.Match (COPY's wildcards).
+case of what was typed), ``parse_duration`` is time.ParseDuration with its error messages, ``parse_int`` is
+strconv.ParseInt in base 10 (ASCII digits only, unlike ``int``), and ``path_match`` is path/filepath.Match (COPY's
+wildcards).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "has_wildcards",
     "levenshtein",
     "parse_duration",
+    "parse_int",
     "path_match",
     "suggest",
     "with_suggestion",
@@ -120,6 +122,20 @@ _UNITS = {
 _MAX_INT64 = (1 << 63) - 1
 
 
+def parse_int(text: str, bits: int = 64) -> int:
+    """strconv.ParseInt(text, 10, bits): an optional sign and ASCII digits. Raises ``ValueError`` with Go's reason,
+    "invalid syntax" or "value out of range" (checked before ``int``, which refuses over 4300 digits)."""
+    if not re.fullmatch(r"[+-]?[0-9]+", text):
+        raise ValueError("invalid syntax")
+    digits = text.lstrip("+-").lstrip("0") or "0"  # int() refuses more than 4300 digits, leading zeros included
+    if len(digits) > 20:
+        raise ValueError("value out of range")
+    value = -int(digits) if text.startswith("-") else int(digits)
+    if not -(1 << (bits - 1)) <= value < 1 << (bits - 1):
+        raise ValueError("value out of range")
+    return value
+
+
 def parse_duration(text: str) -> int:
     """Go's time.ParseDuration, in nanoseconds."""
     original = text
@@ -159,7 +175,11 @@ def parse_duration(text: str) -> int:
         if unit not in _UNITS:
             raise DockerfileError(f"time: unknown unit {go_quote(unit)} in duration {go_quote(original)}")
         scale = _UNITS[unit]
+        whole = whole.lstrip("0")  # int() refuses more than 4300 digits, leading zeros included
+        if len(whole) > 19:
+            raise invalid  # Go's leadingInt overflows
         value = int(whole or "0") * scale
+        fraction = fraction[:19]  # Go's leadingFraction ignores the digits past what an int64 holds
         if fraction:
             value += int(fraction) * scale // 10 ** len(fraction)
         total += value

@@ -20,7 +20,7 @@ from typing import ClassVar, TypeVar
 
 from builder.errors import DockerfileError
 from builder.frontend.dockerfile import DockerfileAST, Heredoc, RawInstruction, parse_heredoc_word, parse_json_array
-from builder.frontend.gostyle import go_quote, parse_duration, with_suggestion
+from builder.frontend.gostyle import go_quote, parse_duration, parse_int, with_suggestion
 from builder.frontend.runmount import check_mount_syntax
 
 __all__ = [
@@ -660,11 +660,10 @@ def _parse_healthcheck(raw: RawInstruction, escape: str) -> Healthcheck:
     retries_text = flags.string("retries")
     retries = 0
     if retries_text:
-        if not re.fullmatch(r"[+-]?[0-9]+", retries_text):
-            raise DockerfileError(f"strconv.ParseInt: parsing {go_quote(retries_text)}: invalid syntax")
-        retries = int(retries_text)
-        if not -(2**31) <= retries < 2**31:
-            raise DockerfileError(f"strconv.ParseInt: parsing {go_quote(retries_text)}: value out of range")
+        try:
+            retries = parse_int(retries_text, 32)
+        except ValueError as err:
+            raise DockerfileError(f"strconv.ParseInt: parsing {go_quote(retries_text)}: {err}") from None
         if retries < 0:
             raise DockerfileError(f"--retries cannot be negative ({retries})")
     return Healthcheck(

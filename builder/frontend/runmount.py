@@ -44,7 +44,7 @@ _KEYS = (
     "size",
 )
 _BARE = ("readonly", "ro", "readwrite", "rw", "required")
-_SIZE = re.compile(r"^(\d+(?:\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?$")  # go-units RAMInBytes
+_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)*) ?([kKmMgGtTpP])?[iI]?[bB]?$")  # go-units RAMInBytes (Go's \d is ASCII)
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
 _VARIABLE = re.compile(r"\$.")
 
@@ -135,16 +135,26 @@ def _bool(key: str, value: str) -> bool:
 
 def _uint(key: str, value: str, base: int) -> int:
     digits = "01234567" if base == 8 else "0123456789"
-    if not value or any(c not in digits for c in value) or int(value, base) >= 2**32:
+    # strconv.ParseUint(value, base, 32); int() refuses more than 4300 digits, leading zeros included
+    significant = value.lstrip("0") or "0"
+    if not value or any(c not in digits for c in value) or len(significant) > 11 or int(significant, base) >= 2**32:
         raise DockerfileError(f"invalid value {value} for {key}")
-    return int(value, base)
+    return int(significant, base)
 
 
 def _size(value: str) -> int:
     match = _SIZE.match(value)
+    invalid = DockerfileError(f"invalid value for size: {value}")
     if match is None:
-        raise DockerfileError(f"invalid value for size: {value}")
-    return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()])
+        raise invalid
+    try:
+        size = float(match.group(1))  # strconv.ParseFloat: "1.2.3" matches the pattern but is no number
+    except ValueError:
+        raise invalid from None
+    size *= _SIZE_UNITS[(match.group(2) or "").lower()]
+    if not size < 2**63:
+        raise invalid  # ParseFloat's range error, or more than the int64 it becomes can hold
+    return int(size)
 
 
 def parse_mount(value: str, expand: Callable[[str], str] = str) -> MountSpec:

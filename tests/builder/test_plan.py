@@ -759,7 +759,7 @@ def test_build_checks(case: Case) -> None:
             'Dockerfile:2: cannot copy from stage "b", it needs to be defined before current stage "a"',
         ),
         ("FROM scratch\nCOPY --from=3 /x /x\n", {}, "Dockerfile:2: invalid stage index 3"),
-        ("FROM scratch\nCOPY --from=$S /x /x\n", {}, "Dockerfile:2: '--from' doesn't support variable expansion"),
+        ("FROM scratch\nCOPY --from=$S /x /x\n", {}, "Dockerfile:2: variable expansion is not supported for --from"),
         ("FROM scratch\nCOPY https://example.com/f /f\n", {}, "Dockerfile:2: source can't be a URL for COPY"),
         ("FROM scratch\nCOPY https://github.com/o/r.git /r\n", {}, "Dockerfile:2: source can't be a git ref for COPY"),
         ("FROM scratch\nADD --checksum=sha256:abc a /a\n", {}, "Dockerfile:2: invalid checksum digest length"),

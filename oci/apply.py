@@ -17,16 +17,18 @@ directory and removes it (``remove_tree``) when this raises.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from oci.compression import decompress_stream
 from oci.digest import Digest, Hasher
-from oci.errors import DigestMismatch, LayerError, LimitExceeded, UnsafeEntry
+from oci.errors import DigestMismatch, InvalidArchive, LayerError, LimitExceeded, OCIError, UnsafeEntry
 from oci.layer import OPAQUE, WHITEOUT_PREFIX
 from oci.tarformat import EntryType, TarEntry, TarReader, encode_name
 
@@ -39,6 +41,11 @@ _CHUNK = 1 << 20
 _MAX_SYMLINKS = 40
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _AUFS_META = WHITEOUT_PREFIX + WHITEOUT_PREFIX
+# Failures of the machine rather than of the layer: they pass through as the OSError they are.
+_MACHINE_ERRNOS = {
+    errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EPERM,
+    errno.EACCES,
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +116,10 @@ def apply_layer(
         for entry, data in reader:
             if limits.max_entries is not None and reader.entries > limits.max_entries:
                 raise LimitExceeded.too_many_entries(what, limits.max_entries)
-            applier.apply(entry, data)
-        applier.finish()
+            with _refused(entry.path):
+                applier.apply(entry, data)
+        with _refused(what):
+            applier.finish()
         hashing.drain()
     finally:
         applier.close()
@@ -118,6 +127,22 @@ def apply_layer(
     if expected_diff_id is not None and diff_id != expected_diff_id:
         raise DigestMismatch(f"layer content has diff_id {diff_id}, expected {expected_diff_id}")
     return ApplyResult(diff_id, hashing.hasher.size, reader.entries)
+
+
+@contextlib.contextmanager
+def _refused(what: str) -> Iterator[None]:
+    """What the system will not take from an entry (a name over 255 bytes, a uid past 32 bits, a time past 2262, a
+    NUL in an attribute name, an impossible device number) is the layer's fault: a ``LayerError`` naming it."""
+    try:
+        yield
+    except OCIError:
+        raise
+    except (ValueError, OverflowError) as err:
+        raise InvalidArchive(f"{what}: {err}") from None
+    except OSError as err:
+        if err.errno in _MACHINE_ERRNOS:
+            raise
+        raise LayerError(f"{what}: {err.strerror or err}") from None
 
 
 def _clean(name: str, limits: ApplyLimits) -> tuple[str, ...]:
@@ -348,6 +373,8 @@ class _Applier:
     def _chown(self, target: int | str, entry: TarEntry, parent: int | None = None) -> None:
         if not self._same_owner:
             return
+        if not (0 <= entry.uid < 0xFFFFFFFF and 0 <= entry.gid < 0xFFFFFFFF):  # uid_t is 32 bits; -1 means "keep"
+            raise InvalidArchive(f"{entry.path}: owner {entry.uid}:{entry.gid} does not fit in 32 bits")
         if parent is None:
             os.fchown(target, entry.uid, entry.gid)  # type: ignore[arg-type]
         else:

@@ -281,7 +281,10 @@ def _parse_pax(data: bytes) -> dict[str, bytes]:
         digits = data[pos:space]
         if not digits.isdigit():  # bytes.isdigit is ASCII-only; int() would also take "2_0" or " 20"
             raise InvalidArchive("malformed PAX header length")
-        length = int(digits)
+        significant = digits.lstrip(b"0") or b"0"  # int() refuses more than 4300 digits, leading zeros included
+        if len(significant) > len(str(len(data))):
+            raise InvalidArchive("malformed PAX record")
+        length = int(significant)
         end = pos + length
         if length <= space - pos + 1 or end > len(data) or data[end - 1 : end] != b"\n":
             raise InvalidArchive("malformed PAX record")
@@ -295,9 +298,11 @@ def _parse_pax(data: bytes) -> dict[str, bytes]:
 
 def _pax_int(value: bytes, key: str) -> int:
     text = value.split(b".", 1)[0] if key == "mtime" else value
-    if not text.isdigit():
+    # Go's archive/tar reads these with strconv.ParseInt(..., 64): more than an int64 is an invalid header.
+    significant = text.lstrip(b"0") or b"0"  # int() refuses more than 4300 digits, leading zeros included
+    if not text.isdigit() or len(significant) > 19 or int(significant) >= 1 << 63:
         raise InvalidArchive(f"invalid PAX {key} {value[:40]!r}")
-    return int(text)
+    return int(significant)
 
 
 class _EntryData(io.RawIOBase):
@@ -465,6 +470,8 @@ class TarReader:
         else:
             mtime = _parse_number(block[136:148], "mtime")
         xattrs = {k[len(_XATTR) :]: v for k, v in sorted(pax.items()) if k.startswith(_XATTR)}
+        if any("\0" in key for key in xattrs):
+            raise InvalidArchive(f"member {self.entries} has a NUL byte in an xattr name")
         return TarEntry(
             path=decode_name(name),
             type=entry_type,

@@ -3,6 +3,7 @@ failure stops the others."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -56,9 +57,10 @@ def test_independent_stages_overlap_and_give_the_same_image_as_jobs_1(
 
 
 def test_the_first_failure_stops_the_other_stages(tmp_path: Path, busybox: str) -> None:
+    marker = f"{os.getpid() % 1000 + 3000}"  # sleep's argument: this test's own container, not another's
     context = write_context(
         tmp_path / "ctx",
-        "FROM busybox AS slow\nRUN sleep 300\nFROM busybox AS broken\nRUN sleep 1; exit 3\n"
+        f"FROM busybox AS slow\nRUN sleep {marker}\nFROM busybox AS broken\nRUN sleep 1; exit 3\n"
         "FROM busybox\nCOPY --from=slow /etc/passwd /a\nCOPY --from=broken /etc/passwd /b\n",
     )
     mounts = Path("/proc/self/mountinfo").read_text()
@@ -67,11 +69,11 @@ def test_the_first_failure_stops_the_other_stages(tmp_path: Path, busybox: str) 
         capture_output=True,
         text=True,
         cwd=REPO,
-        timeout=120,  # the slow stage would take 300 s: it must be cancelled, its container killed
+        timeout=120,  # the slow stage would take an hour: it must be cancelled, its container killed
     )
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert "Dockerfile:4:" in last and "exit code: 3" in last, proc.stderr
     assert Path("/proc/self/mountinfo").read_text() == mounts
-    leftover = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True)
+    leftover = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True)
     assert leftover.stdout == "", leftover.stdout

@@ -6,10 +6,13 @@ CI machine that forgot to install something cannot pass by skipping.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
+import io
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -120,6 +123,24 @@ def run_pybuild(*args: str, input: str | bytes | None = None, env: dict[str, str
             proc.args, proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
         )
     return CLIResult(proc)
+
+
+def run_pybuild_here(*args: str, env: dict[str, str] | None = None) -> CLIResult:
+    """The command line's ``main`` in this process: the same code as ``run_pybuild`` without a Python start-up, for
+    tables of many cases (a few of which should still go through ``run_pybuild``, the real process). Standard
+    output and error are captured; the SIGTERM handler ``main`` installs is put back."""
+    from builder.cli import main
+
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="replace", write_through=True)
+    err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="replace", write_through=True)
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args), {**os.environ, **(env or {})})
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    texts = [stream.buffer.getvalue().decode(errors="replace") for stream in (out, err)]  # type: ignore[attr-defined]
+    return CLIResult(subprocess.CompletedProcess(list(args), code, *texts))
 
 
 def step_states(err: str) -> dict[str, str]:

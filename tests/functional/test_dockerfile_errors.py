@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO, CLIResult, run_pybuild, write_context
-
-from builder.cli import main
+from conftest import REPO, CLIResult, run_pybuild, run_pybuild_here, write_context
 
 
 @dataclass(frozen=True)
@@ -310,18 +306,6 @@ def assert_one_error_line(result: CLIResult, expected: str) -> None:
     assert result.code == 1, result
 
 
-def pybuild_here(capsys: pytest.CaptureFixture[str], *args: str) -> CLIResult:
-    """The command line's ``main`` run in this process: the same code as ``pybuild``, without a Python start-up
-    for each of the table's cases (``SUBPROCESS`` runs a few of them as real processes too)."""
-    handler = signal.getsignal(signal.SIGTERM)
-    try:
-        code = main(list(args), os.environ)
-    finally:
-        signal.signal(signal.SIGTERM, handler)
-    out, err = capsys.readouterr()
-    return CLIResult(subprocess.CompletedProcess(list(args), code, out, err))
-
-
 #: Cases also run as a real ``pybuild`` process: the exit status and the one line are the process's own.
 SUBPROCESS = ("empty-file", "invalid-utf8", "nul-byte", "line-over-64k", "directive-twice")
 
@@ -332,12 +316,12 @@ SUBPROCESS = ("empty-file", "invalid-utf8", "nul-byte", "line-over-64k", "direct
     ids=list(CASES) + [f"{name}-process" for name in SUBPROCESS],
 )
 def test_a_broken_dockerfile_is_one_line_and_changes_nothing(
-    tmp_path: Path, store_root: Path, capsys: pytest.CaptureFixture[str], case: Case, process: bool
+    tmp_path: Path, store_root: Path, case: Case, process: bool
 ) -> None:
     context = write_dockerfile(tmp_path, case.dockerfile)
     before = snapshot(tmp_path)
     args = ("build", *case.args, str(context))
-    result = run_pybuild(*args) if process else pybuild_here(capsys, *args)
+    result = run_pybuild(*args) if process else run_pybuild_here(*args)
     where = f"{context / 'Dockerfile'}:{case.line}" if case.line else str(context / "Dockerfile")
     assert_one_error_line(result, f"pybuild: {where}: {case.message}")
     assert not store_root.exists(), "the store was opened before the Dockerfile was checked"

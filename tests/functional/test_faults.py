@@ -3,7 +3,8 @@
 A multi-step build (parallel stages, RUN, COPY of a MB, COPY --from) is killed with SIGKILL at 20 moments chosen
 across everything it does to the disk (tests/faultinject.py counts them). After each kill the next build succeeds
 and gives, with SOURCE_DATE_EPOCH, the digest of an undisturbed build; ``pybuild fsck`` finds nothing wrong; no
-container process and no mount survives. SIGINT and SIGTERM end a build with 130 and 143 and remove its temporary
+container process and no mount survives (the commands after a kill run the CLI's ``main`` in this process, to save
+a Python start-up each). SIGINT and SIGTERM end a build with 130 and 143 and remove its temporary
 files themselves, before any later command has had the chance to sweep them.
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_pybuild, write_context
+from tests.conftest import REPO, run_pybuild, run_pybuild_here, write_context
 
 FAULTINJECT = REPO / "tests" / "faultinject.py"
 EPOCH = "1700000000"
@@ -152,12 +153,12 @@ def test_a_build_killed_at_any_moment_leaves_a_store_the_next_build_uses(
         assert not wait_until_gone(str(root)), f"{what}: a container outlived its build"
         assert mount_points() == mounts_before, f"{what}: a mount outlived its build"
 
-        again = run_pybuild(
+        again = run_pybuild_here(
             "--root", str(root), "build", "-q", "-t", "app", str(context), env={"SOURCE_DATE_EPOCH": EPOCH}
         )
         assert again.code == 0, (what, again)
         assert again.out.strip() == digest, f"{what}: the next build made another image"
-        checked = run_pybuild("--root", str(root), "fsck")
+        checked = run_pybuild_here("--root", str(root), "fsck")
         assert checked.code == 0, (what, checked)
         assert leftovers(root) == [], what
         shutil.rmtree(root)
@@ -186,7 +187,7 @@ def test_a_signal_at_any_moment_ends_the_build_and_removes_its_files(
         assert leftovers(root) == [], what
         assert not processes_mentioning(str(root)), what
         assert mount_points() == mounts_before, what
-        checked = run_pybuild("--root", str(root), "fsck")
+        checked = run_pybuild_here("--root", str(root), "fsck")
         assert checked.code == 0, (what, checked)
         shutil.rmtree(root)
 
@@ -262,11 +263,11 @@ def test_an_import_or_a_prune_killed_at_any_moment_leaves_a_usable_store(
             killed = faulted_command(root, args, at=at)
             what = f"{verb} killed at moment {at} ({names[at - 1]})"
             assert killed.returncode == -signal.SIGKILL, (what, killed.stderr[-2000:])
-            again = run_pybuild("--root", str(root), *args)
+            again = run_pybuild_here("--root", str(root), *args)
             assert again.code == 0, (what, again)
-            checked = run_pybuild("--root", str(root), "fsck")
+            checked = run_pybuild_here("--root", str(root), "fsck")
             assert checked.code == 0, (what, checked)
             assert leftovers(root) == [], what
-            rebuilt = run_pybuild("--root", str(root), "build", "-q", "-t", "app", str(context))
+            rebuilt = run_pybuild_here("--root", str(root), "build", "-q", "-t", "app", str(context))
             assert rebuilt.code == 0, (what, rebuilt)
             shutil.rmtree(root)

@@ -87,6 +87,12 @@ CREATE TABLE IF NOT EXISTS image_leases (
     descriptor TEXT NOT NULL,
     PRIMARY KEY (build, descriptor)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS layer_leases (
+    build TEXT NOT NULL,
+    layer TEXT NOT NULL,
+    diff_id TEXT,
+    PRIMARY KEY (build, layer)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS stats (root BLOB PRIMARY KEY, rows BLOB NOT NULL) WITHOUT ROWID;
 """
 
@@ -318,7 +324,9 @@ class CacheIndex:
         return json.loads(zlib.decompress(row["files"]))  # type: ignore[no-any-return]
 
     def put(self, entry: CacheEntry, files: Files | None, build: str) -> None:
-        """Record ``entry`` (replacing one with the same key: the newest result wins) and lease it to ``build``."""
+        """Record ``entry`` (replacing one with the same key: the newest result wins) and lease it, and its layer,
+        to ``build``. The layer's own lease matters when two builds make the same step at once: the second entry
+        replaces the first, and the first build's layer, which it goes on using, is then in no entry."""
         packed = zlib.compress(canonical_json(files), 6) if files else None
         now = time.time()
         with self.transaction() as db:
@@ -346,12 +354,33 @@ class CacheIndex:
                 ),
             )
             db.execute("INSERT OR IGNORE INTO leases VALUES (?, ?)", (build, str(entry.key)))
+            self._lease_layer(db, build, str(entry.key))
 
     def use(self, key: Digest, build: str) -> None:
-        """A hit: count it, and lease the entry to ``build`` until the build ends."""
+        """A hit: count it, and lease the entry and its layer to ``build`` until the build ends."""
         with self.transaction() as db:
             db.execute("UPDATE entries SET hits = hits + 1, last_used = ? WHERE key = ?", (time.time(), str(key)))
             db.execute("INSERT OR IGNORE INTO leases VALUES (?, ?)", (build, str(key)))
+            self._lease_layer(db, build, str(key))
+
+    @staticmethod
+    def _lease_layer(db: sqlite3.Connection, build: str, key: str) -> None:
+        db.execute(
+            "INSERT OR IGNORE INTO layer_leases SELECT ?, layer, diff_id FROM entries "
+            "WHERE key = ? AND layer IS NOT NULL",
+            (build, key),
+        )
+
+    def leased_layers(self) -> list[tuple[Descriptor, Digest | None]]:
+        """The layers (and diff_ids) of the entries running builds made or hit, whatever entry now has their key;
+        the leases of builds that died are dropped on the way."""
+        with self.transaction() as db:
+            self._drop_dead(db)
+            rows = db.execute("SELECT DISTINCT layer, diff_id FROM layer_leases").fetchall()
+        return [
+            (Descriptor.from_json(json.loads(row["layer"])), Digest.parse(row["diff_id"]) if row["diff_id"] else None)
+            for row in rows
+        ]
 
     def name_image(self, build: str, names: str) -> None:
         """Record the image names of ``build`` on the entries it leased."""
@@ -384,6 +413,7 @@ class CacheIndex:
             )
             db.execute("DELETE FROM leases WHERE build = ?", (build,))
             db.execute("DELETE FROM image_leases WHERE build = ?", (build,))
+            db.execute("DELETE FROM layer_leases WHERE build = ?", (build,))
             db.execute(
                 "DELETE FROM builds WHERE finished IS NOT NULL AND id NOT IN "
                 "(SELECT id FROM builds WHERE finished IS NOT NULL ORDER BY finished DESC LIMIT 20)"
@@ -425,6 +455,7 @@ class CacheIndex:
             if not pid_alive(row["pid"]):
                 db.execute("DELETE FROM leases WHERE build = ?", (row["id"],))
                 db.execute("DELETE FROM image_leases WHERE build = ?", (row["id"],))
+                db.execute("DELETE FROM layer_leases WHERE build = ?", (row["id"],))
                 db.execute("DELETE FROM builds WHERE id = ?", (row["id"],))
 
     # ---------------------------------------------------------------------------------------- stat cache

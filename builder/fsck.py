@@ -290,12 +290,21 @@ def _integrity(db: sqlite3.Connection) -> str | None:
     return None if [tuple(r) for r in rows] == [("ok",)] else str(rows[0][0])
 
 
+def _layer_leases(db: sqlite3.Connection, build: str) -> list[sqlite3.Row]:
+    """The layers ``build`` leased (none in a cache index written before layers had their own leases)."""
+    try:
+        return db.execute("SELECT layer, diff_id FROM layer_leases WHERE build = ?", (build,)).fetchall()
+    except sqlite3.OperationalError:
+        return []
+
+
 @dataclass(frozen=True)
 class _Live:
     """What running processes hold: cache keys and images leased by running builds, images of running containers."""
 
     keys: frozenset[str] = frozenset()
     images: tuple[Descriptor, ...] = ()
+    layers: tuple[tuple[Descriptor, Digest | None], ...] = ()  # the layers of the steps running builds made or hit
 
     @property
     def digests(self) -> frozenset[Digest]:
@@ -517,6 +526,7 @@ class _Check:
         """What running builds lease and running containers use; the builds that died unfinished."""
         keys: set[str] = set()
         images: list[Descriptor] = []
+        layers: list[tuple[Descriptor, Digest | None]] = []
         dead: list[_DeadBuild] = []
         if db is not None:
             for build in db.execute("SELECT id, pid, dockerfile FROM builds WHERE finished IS NULL").fetchall():
@@ -533,8 +543,15 @@ class _Check:
                         images.append(Descriptor.from_json(json.loads(text)))
                     except (ValueError, OCIError):
                         continue
+                for row in _layer_leases(db, build["id"]):
+                    try:
+                        layers.append(
+                            (Descriptor.from_json(json.loads(row[0])), Digest.parse(row[1]) if row[1] else None)
+                        )
+                    except (ValueError, OCIError):
+                        continue
         images.extend(self.check_containers())
-        return _Live(frozenset(keys), tuple(images)), dead
+        return _Live(frozenset(keys), tuple(images), tuple(layers)), dead
 
     def check_containers(self) -> list[Descriptor]:
         """The images running containers use (as ``storeops`` reads them: sniffed); dead records are reported."""
@@ -763,7 +780,7 @@ class _Check:
         # Whether a snapshot is needed is decided only when index.json and the step cache could both be read.
         needed = None
         if images is not None and records is not None:
-            needed = storeops.needed_snapshots(self.store, live.images, records)
+            needed = storeops.needed_snapshots(self.store, live.images, records, live.layers)
         count = 0
         for name in _names(base):
             path = base / name

@@ -220,6 +220,7 @@ class _State:
     running: frozenset[Digest]  # the images running containers use
     cache: tuple[CacheEntry, ...]
     memos: tuple[_Memo, ...]
+    layers: tuple[tuple[Descriptor, Digest | None], ...] = ()  # leased by running builds (their own steps' layers)
 
     def needed(self, walker: _Walker, *, without: Collection[Digest] = ()) -> _Needed:
         """What must stay if the images ``without`` names were gone from the index."""
@@ -229,11 +230,12 @@ class _State:
             reached = walker.reach(descriptor, sniff=sniff)
             needed.blobs |= reached.blobs
             needed.diff_ids |= reached.diff_ids
-        for entry in self.cache:
-            if entry.layer is not None:
-                needed.blobs.add(entry.layer.digest)
-            if entry.diff_id is not None:
-                needed.diff_ids.add(entry.diff_id)
+        layers = [(entry.layer, entry.diff_id) for entry in self.cache] + list(self.layers)
+        for layer, diff_id in layers:
+            if layer is not None:
+                needed.blobs.add(layer.digest)
+            if diff_id is not None:
+                needed.diff_ids.add(diff_id)
         for memo in self.memos:  # a kept layer keeps its compressed copies (outputs and pushes reuse them)
             if memo.source in needed.blobs and memo.copy is not None:
                 needed.blobs.add(memo.copy)
@@ -252,14 +254,21 @@ def _read_state(store: Store, cache: CacheIndex) -> _State:
         running=running,
         cache=tuple(cache.entries()),
         memos=tuple(_memos(store.root)),
+        layers=tuple(cache.leased_layers()),
     )
 
 
-def needed_snapshots(store: Store, in_use: Iterable[Descriptor], cache: Iterable[CacheEntry]) -> frozenset[Digest]:
+def needed_snapshots(
+    store: Store,
+    in_use: Iterable[Descriptor],
+    cache: Iterable[CacheEntry],
+    layers: Iterable[tuple[Descriptor, Digest | None]] = (),
+) -> frozenset[Digest]:
     """The diff_ids whose snapshots ``prune`` keeps, given ``index.json``, the images in use (leased by running
-    builds, used by running containers) and the step-cache entries. ``fsck`` asks, with what it read itself (reading
-    the state here would also drop dead builds' leases and containers' records, which ``fsck`` reports first)."""
-    state = _State(tuple(store.layout.index().manifests), tuple(in_use), frozenset(), tuple(cache), ())
+    builds, used by running containers), the step-cache entries and the layers running builds leased. ``fsck`` asks,
+    with what it read itself (reading the state here would also drop dead builds' leases and containers' records,
+    which ``fsck`` reports first)."""
+    state = _State(tuple(store.layout.index().manifests), tuple(in_use), frozenset(), tuple(cache), (), tuple(layers))
     return frozenset(state.needed(_Walker(store)).diff_ids)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import storeops
+from builder import fsck, storeops
 from builder.cache import CacheEntry, CacheIndex, store_guard
 from builder.commit import store_image
 from builder.compressed import CompressedLayers
@@ -327,6 +327,30 @@ def test_prune_keeps_what_running_builds_leased(store: Store, index: CacheIndex)
     result = storeops.prune(store, storeops.PruneOptions())
     assert [i.id for i in result.images] == [base.id]
     assert {d for d, _ in result.swept.blobs} == expected
+
+
+def test_a_layer_whose_entry_another_build_replaced_is_kept_while_its_build_runs(
+    store: Store, index: CacheIndex
+) -> None:
+    """Two builds make the same step at once (both missed): the second entry replaces the first, whose layer the
+    first build goes on using (a later COPY --from reads its snapshot). Its lease keeps blob and snapshot."""
+    first, second = layer(store, "side", b"1"), layer(store, "side", b"2")
+    for made in (first, second):
+        snapshot(store, made[1])
+    record = {"v": 1, "op": "run", "seed": "same step"}
+    builds = [index.start_build("/ctx/Dockerfile") for _ in range(2)]
+    for build, made in zip(builds, (first, second), strict=True):
+        key = Digest.of_bytes(json.dumps(record).encode())
+        entry = CacheEntry(key, record, made[0], made[1], "RUN x", "RUN x", "stage-0", 2, "/ctx/Dockerfile")
+        index.put(entry, None, build)
+    assert [e.layer for e in index.entries()] == [second[0]]  # the newest result won the key
+    result = storeops.prune(store, storeops.PruneOptions())
+    assert result.swept.blobs == () and result.swept.snapshots == ()
+    assert fsck.check_store(store).clean
+    index.finish_build(builds[0], [])
+    result = storeops.prune(store, storeops.PruneOptions())
+    assert [d for d, _ in result.swept.blobs] == [first[0].digest]
+    assert [d for d, _ in result.swept.snapshots] == [first[1]]
 
 
 def test_prune_until_keeps_recent_images_and_files(store: Store) -> None:

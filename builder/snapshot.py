@@ -14,6 +14,7 @@ what the lower layers already had.
 
 from __future__ import annotations
 
+import copy
 import os
 import stat
 import tempfile
@@ -24,7 +25,7 @@ from typing import BinaryIO
 from builder.limits import DEFAULT_LIMITS
 from oci.apply import OVERLAY_OPAQUE, ApplyLimits, apply_layer, remove_tree
 from oci.digest import Digest
-from oci.errors import UnsafeEntry
+from oci.errors import OCIError, UnsafeEntry
 from oci.layer import WHITEOUT_PREFIX, LayerItem, entry_for_stat, object_item, opaque, whiteout
 from oci.store import pid_alive
 from oci.tarformat import TarEntry
@@ -46,6 +47,16 @@ def remove_dir(path: Path) -> None:
         os.close(parent)
 
 
+def named(err: OCIError, what: str) -> OCIError:
+    """``err`` (same type, same attributes) with its message prefixed by ``what`` unless it names it already: a
+    refused entry deep in a base image says which layer it is in."""
+    if str(err).startswith(what):
+        return err
+    renamed = copy.copy(err)
+    renamed.args = (f"{what}: {err}",)
+    return renamed
+
+
 class SnapshotStore:
     def __init__(self, root: Path, limits: ApplyLimits = DEFAULT_LIMITS) -> None:
         self.root = Path(root)
@@ -64,13 +75,15 @@ class SnapshotStore:
             return target
         self.root.mkdir(parents=True, exist_ok=True)
         temp = Path(tempfile.mkdtemp(prefix=f".{os.getpid()}-", dir=self.root))
+        what = f"layer {diff_id}"
         try:
             os.chmod(temp, 0o755)
             with open_layer() as stream:
-                apply_layer(
-                    stream, temp, expected_diff_id=diff_id, overlay=True, limits=self.limits, what=f"layer {diff_id}"
-                )
+                apply_layer(stream, temp, expected_diff_id=diff_id, overlay=True, limits=self.limits, what=what)
             self._publish(temp, target)
+        except OCIError as err:
+            remove_dir(temp)
+            raise named(err, what) from None
         except BaseException:
             remove_dir(temp)
             raise

@@ -34,40 +34,45 @@ _lock = threading.Lock()
 _count = 0
 _names: list[str] = []
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "BEGIN", "COMMIT", "CREATE", "DROP")
-#: A sandbox's moment strikes this long after its container's init started (the command is then running) ...
-_RUNNING = 0.02
-#: ... or after this long if it never does.
-_PATIENCE = 5.0
+#: A sandbox's moment strikes when its container's init has started, or at the next moment if that was missed.
+_pending = threading.Event()
+_struck = threading.Event()
 
 
 def _die() -> None:
+    """Strike, once (a SIGTERM is a request the build answers by cleaning up: it is not repeated)."""
+    with _lock:
+        if _struck.is_set():
+            return
+        _struck.set()
+        _pending.clear()
     os.kill(os.getpid(), _SIGNAL)
 
 
 def moment(name: str, then: Callable[[], None] | None = None) -> None:
-    """Count a moment; at the chosen one, strike now (or, given ``then``, once ``then`` returns)."""
+    """Count a moment; at the chosen one, strike now, or given ``then``, once ``then`` returns (and at the latest at
+    the next moment: the main flow counts none while a container runs, so that is once the container is over)."""
     global _count
     with _lock:
         _count += 1
         number = _count
         if _LOG:
             _names.append(name)
-    if number == _AT:
-        if then is None:
-            _die()
-        else:
-            threading.Thread(target=lambda: (then(), _die()), daemon=True).start()
+    if _pending.is_set() or (number == _AT and then is None):
+        _die()
+    elif number == _AT and then is not None:
+        _pending.set()
+        threading.Thread(target=lambda: (then(), _die()), daemon=True).start()
 
 
 def _container_running(spec: str) -> Callable[[], None]:
-    """A wait until the sandbox started from ``spec`` has its container's init running (it writes init.pid)."""
+    """A wait until the sandbox started from ``spec`` has its container's init running (it writes init.pid), or
+    the step is over (its scratch directory removed)."""
     init_pid = Path(spec).parent / "init.pid"
 
     def wait() -> None:
-        deadline = time.monotonic() + _PATIENCE
-        while not init_pid.exists() and time.monotonic() < deadline:
-            time.sleep(0.002)
-        time.sleep(_RUNNING)
+        while not init_pid.exists() and init_pid.parent.exists():
+            time.sleep(0.001)
 
     return wait
 

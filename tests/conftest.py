@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import io
+import json
 import os
 import re
 import shutil
@@ -24,8 +25,10 @@ import pytest
 from fakeregistry import BlobStore, FakeRegistry
 from registryserver import RegistryServer, run_registry
 
-from builder.cache import CacheIndex
+from builder.cache import CacheEntry, CacheIndex
 from builder.root import Store, open_store
+from oci.descriptor import Descriptor
+from oci.digest import Digest
 
 REPO = Path(__file__).resolve().parent.parent
 TESTDATA = REPO / "testdata"
@@ -78,6 +81,28 @@ def store_root() -> Path:
 def store(tmp_path: Path) -> Store:
     """A new, empty store at ``tmp_path/root`` (for tests that call the operations directly, not the CLI)."""
     return open_store(tmp_path / "root")
+
+
+def put_entry(index: CacheIndex, result: tuple[Descriptor, Digest], seed: str = "a", build: str = "") -> CacheEntry:
+    """A step-cache entry whose layer is ``result`` (its key differs per ``seed``), recorded by ``build`` (which
+    goes on holding its leases), or by a build that starts and finishes around it."""
+    record = {"v": 1, "op": "run", "seed": seed}
+    entry = CacheEntry(
+        key=Digest.of_bytes(json.dumps(record).encode()),
+        record=record,
+        layer=result[0],
+        diff_id=result[1],
+        history="RUN true",
+        step="RUN true",
+        stage="stage-0",
+        line=2,
+        dockerfile="/ctx/Dockerfile",
+    )
+    own = build or index.start_build("/ctx/Dockerfile")
+    index.put(entry, None, own)
+    if not build:
+        index.finish_build(own, [])
+    return entry
 
 
 @pytest.fixture

@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conftest import REPO, CLIResult
-from tartools import snapshot
+from tartools import compress, snapshot
 
 from builder.commit import store_image
 from builder.images import resolve_image
 from builder.platforms import host_platform
 from builder.root import open_store
-from oci.compression import Compression, compressor, decompress_stream
+from oci.compression import Compression, decompress_stream
 from oci.config import ImageConfig
 from oci.descriptor import Descriptor
 from oci.digest import Digest
@@ -178,14 +178,6 @@ def one_line_error(result: CLIResult, *fragments: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ images in the store
-
-
-def compress(kind: Compression, data: bytes) -> bytes:
-    out = io.BytesIO()
-    sink = compressor(kind, out)
-    sink.write(data)
-    sink.finish()
-    return out.getvalue()
 
 
 def put_image(

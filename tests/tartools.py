@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from oci.compression import Compression, compressor
 
 BLOCK = 512
 
@@ -115,3 +118,12 @@ def snapshot(root: Path) -> dict[str, tuple]:
                 xattrs = ()
             result[rel] = (kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, content, xattrs)
     return result
+
+
+def compress(kind: Compression, data: bytes) -> bytes:
+    """``data`` (an archive, say) compressed with ``kind``, as a layer or an ADD source would be."""
+    out = io.BytesIO()
+    sink = compressor(kind, out)
+    sink.write(data)
+    sink.finish()
+    return out.getvalue()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import fcntl
 import io
-import json
 import os
 import sqlite3
 import threading
@@ -15,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import put_entry
 
 from builder import fsck, storeops
 from builder.cache import CacheEntry, CacheIndex, store_guard
@@ -66,26 +66,6 @@ def snapshot(store: Store, diff_id: Digest) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / "file").write_bytes(b"x")
     return path
-
-
-def put_entry(index: CacheIndex, result: tuple[Descriptor, Digest], seed: str = "a", build: str = "") -> CacheEntry:
-    record = {"v": 1, "op": "run", "seed": seed}
-    entry = CacheEntry(
-        key=Digest.of_bytes(json.dumps(record).encode()),
-        record=record,
-        layer=result[0],
-        diff_id=result[1],
-        history="RUN true",
-        step="RUN true",
-        stage="stage-0",
-        line=2,
-        dockerfile="/ctx/Dockerfile",
-    )
-    own = build or index.start_build("/ctx/Dockerfile")
-    index.put(entry, None, own)
-    if not build:
-        index.finish_build(own, [])
-    return entry
 
 
 def corrupt(store: Store, digest: Digest) -> None:

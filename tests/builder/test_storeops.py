@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import put_entry
 
 from builder import fsck, storeops
 from builder.cache import CacheEntry, CacheIndex, store_guard
@@ -83,25 +84,6 @@ def snapshot(store: Store, diff_id: Digest, size: int = 10) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / "file").write_bytes(bytes(size))
     return path
-
-
-def put_entry(index: CacheIndex, result: tuple[Descriptor, Digest], seed: str = "a") -> CacheEntry:
-    record = {"v": 1, "op": "run", "seed": seed}
-    entry = CacheEntry(
-        key=Digest.of_bytes(json.dumps(record).encode()),
-        record=record,
-        layer=result[0],
-        diff_id=result[1],
-        history="RUN true",
-        step="RUN true",
-        stage="stage-0",
-        line=2,
-        dockerfile="/ctx/Dockerfile",
-    )
-    build = index.start_build("/ctx/Dockerfile")
-    index.put(entry, None, build)
-    index.finish_build(build, [])
-    return entry
 
 
 def names(layout: ImageLayout) -> list[tuple[str | None, Digest]]:

@@ -32,14 +32,13 @@ from conftest import CLIResult, HTTPFiles, require_root, run_pybuild_here, step_
 from containment import (
     HostWatch,
     assert_clean_names,
-    compress,
     files_holding,
     one_line_error,
     put_image,
     tar_file,
     tar_members,
 )
-from tartools import Member, archive, directory, file, hardlink, symlink
+from tartools import Member, archive, compress, directory, file, hardlink, symlink
 
 from oci.compression import Compression
 from oci.errors import UnsafeEntry

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require_root
-from tartools import BLOCK, Member, archive, directory, file, hardlink, pax_member, snapshot, symlink
+from tartools import BLOCK, Member, archive, compress, directory, file, hardlink, pax_member, snapshot, symlink
 
 from oci.apply import ApplyLimits, ApplyResult, apply_layer, remove_tree
 from oci.compression import Compression, compressor
@@ -81,14 +81,6 @@ def dir_(name: str, mode: int = 0o755, **kw: object) -> Member:
 def long_name(name: bytes, typeflag: bytes = b"L") -> Member:
     """A GNU long-name (``L``) or long-link (``K``) member; it applies to the member that follows."""
     return Member(b"././@LongLink", typeflag, data=name + b"\0", magic=b"ustar  \0")
-
-
-def compress(kind: Compression, data: bytes) -> bytes:
-    out = io.BytesIO()
-    sink = compressor(kind, out)
-    sink.write(data)
-    sink.finish()
-    return out.getvalue()
 
 
 def zero_file_bomb(kind: Compression, size: int) -> bytes:

@@ -27,8 +27,12 @@ from registryserver import RegistryServer, run_registry
 
 from builder.cache import CacheEntry, CacheIndex
 from builder.root import Store, open_store
+from oci import mediatypes as mt
+from oci.compression import Compression
 from oci.descriptor import Descriptor
 from oci.digest import Digest
+from oci.layer import LayerItem, write_layer
+from oci.tarformat import EntryType, TarEntry
 
 REPO = Path(__file__).resolve().parent.parent
 TESTDATA = REPO / "testdata"
@@ -81,6 +85,16 @@ def store_root() -> Path:
 def store(tmp_path: Path) -> Store:
     """A new, empty store at ``tmp_path/root`` (for tests that call the operations directly, not the CLI)."""
     return open_store(tmp_path / "root")
+
+
+def layer(store: Store, name: str, data: bytes) -> tuple[Descriptor, Digest]:
+    """A one-file uncompressed layer written into ``store``: its descriptor and diff_id."""
+    item = LayerItem(TarEntry(name, EntryType.FILE, size=len(data)), lambda: io.BytesIO(data))
+    with store.layout.store.writer() as blob:
+        info = write_layer([item], blob, Compression.NONE)
+        digest = blob.commit()
+        size = blob.size
+    return Descriptor(mt.OCI_LAYER, digest, size), info.diff_id
 
 
 def put_entry(index: CacheIndex, result: tuple[Descriptor, Digest], seed: str = "a", build: str = "") -> CacheEntry:

@@ -6,7 +6,6 @@ never what a running build or container holds, and a second check is clean."""
 from __future__ import annotations
 
 import fcntl
-import io
 import os
 import sqlite3
 import threading
@@ -14,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import put_entry
+from conftest import layer, put_entry
 
 from builder import fsck, storeops
 from builder.cache import CacheEntry, CacheIndex, store_guard
@@ -33,9 +32,7 @@ from oci.config import ImageConfig
 from oci.descriptor import Descriptor
 from oci.digest import Digest
 from oci.image import Image
-from oci.layer import LayerItem, write_layer
 from oci.manifest import Manifest
-from oci.tarformat import EntryType, TarEntry
 
 APP = "docker.io/library/app:latest"
 DEAD = 1 << 30  # above any pid_max: no such process
@@ -44,13 +41,14 @@ DEAD = 1 << 30  # above any pid_max: no such process
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def layer(store: Store, name: str, data: bytes) -> tuple[Descriptor, Digest]:
-    item = LayerItem(TarEntry(name, EntryType.FILE, size=len(data)), lambda: io.BytesIO(data))
-    with store.layout.store.writer() as blob:
-        info = write_layer([item], blob, Compression.NONE)
-        digest = blob.commit()
-        size = blob.size
-    return Descriptor(mt.OCI_LAYER, digest, size), info.diff_id
+def pretend_hashed(monkeypatch: pytest.MonkeyPatch, digest: Digest, kind: str, detail: str) -> None:
+    """Make the first, unguarded hashing pass find ``digest`` to be ``kind`` (the others are hashed for real)."""
+    hash_one = fsck._Check.hash_one
+
+    def hashed(self: fsck._Check, blob: Digest) -> tuple[Digest, str, str] | None:
+        return (blob, kind, detail) if blob == digest else hash_one(self, blob)
+
+    monkeypatch.setattr(fsck._Check, "hash_one", hashed)
 
 
 def image(store: Store, *layers: tuple[Descriptor, Digest], name: str | None = APP) -> Image:
@@ -160,14 +158,7 @@ def test_a_corrupt_layer_is_removed_with_what_needed_it(store: Store) -> None:
 
 def test_a_blob_rewritten_whole_since_it_was_hashed_is_kept(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     _, top, _ = whole(store)
-    hash_one = fsck._Check.hash_one
-
-    def hashed_before_a_rewrite(self: fsck._Check, digest: Digest) -> tuple[Digest, str, str] | None:
-        if digest == top[0].digest:
-            return digest, "corrupt blob", "content has digest sha256:..."
-        return hash_one(self, digest)
-
-    monkeypatch.setattr(fsck._Check, "hash_one", hashed_before_a_rewrite)
+    pretend_hashed(monkeypatch, top[0].digest, "corrupt blob", "content has digest sha256:...")
     report = check_store(store, repair=True)
     # Hashed again under the guard, it is whole: nothing that needs it is dangling.
     assert kinds(report) == [("corrupt blob", str(top[0].digest))] and report.clean
@@ -176,14 +167,7 @@ def test_a_blob_rewritten_whole_since_it_was_hashed_is_kept(store: Store, monkey
 
 def test_what_needs_an_unreadable_blob_is_reported_not_removed(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     _, top, entry = whole(store)
-    hash_one = fsck._Check.hash_one
-
-    def unreadable(self: fsck._Check, digest: Digest) -> tuple[Digest, str, str] | None:
-        if digest == top[0].digest:
-            return digest, "unreadable blob", "Input/output error"
-        return hash_one(self, digest)
-
-    monkeypatch.setattr(fsck._Check, "hash_one", unreadable)
+    pretend_hashed(monkeypatch, top[0].digest, "unreadable blob", "Input/output error")
     report = check_store(store, repair=True)
     assert kinds(report) == [
         ("unreadable blob", str(top[0].digest)),

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import put_entry
+from conftest import layer, put_entry
 
 from builder import fsck, storeops
 from builder.cache import CacheEntry, CacheIndex, store_guard
@@ -39,24 +39,13 @@ from oci.descriptor import Descriptor, Platform
 from oci.digest import Digest
 from oci.frozen import FrozenMap
 from oci.image import Image, validate_image
-from oci.layer import LayerItem, write_layer
 from oci.layout import ImageLayout
-from oci.tarformat import EntryType, TarEntry
 
 AMD64 = Platform("linux", "amd64")
 APP = "docker.io/library/app:latest"
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-def layer(store: Store, name: str, data: bytes) -> tuple[Descriptor, Digest]:
-    item = LayerItem(TarEntry(name, EntryType.FILE, size=len(data)), lambda: io.BytesIO(data))
-    with store.layout.store.writer() as blob:
-        info = write_layer([item], blob, Compression.NONE)
-        digest = blob.commit()
-        size = blob.size
-    return Descriptor(mt.OCI_LAYER, digest, size), info.diff_id
 
 
 def image(

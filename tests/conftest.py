@@ -164,6 +164,12 @@ def run_pybuild(*args: str, input: str | bytes | None = None, env: dict[str, str
     return CLIResult(proc)
 
 
+def interruptible() -> None:
+    """``preexec_fn`` for a process a test will send SIGINT: a shell without job control starts background jobs
+    with SIGINT ignored, the child would inherit that, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_pybuild_here(*args: str, env: dict[str, str] | None = None) -> CLIResult:
     """The command line's ``main`` in this process: the same code as ``run_pybuild`` without a Python start-up, for
     tables of many cases (a few of which should still go through ``run_pybuild``, the real process). Standard

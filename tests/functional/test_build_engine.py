@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import REPO, CLIResult, HTTPFiles, require_tool, run_pybuild, write_context
+from conftest import REPO, CLIResult, HTTPFiles, interruptible, require_tool, run_pybuild, write_context
 
 BUSYBOX = "docker.io/library/busybox:latest"
 
@@ -466,6 +466,7 @@ def test_an_interrupted_build_leaves_no_process_and_a_usable_store(tmp_path: Pat
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=os.environ.copy(),
+        preexec_fn=interruptible,
     )
     deadline = time.monotonic() + 30
     while not _processes_with(marker) and time.monotonic() < deadline:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_pybuild, run_pybuild_here, write_context
+from tests.conftest import REPO, interruptible, run_pybuild, run_pybuild_here, write_context
 
 FAULTINJECT = REPO / "tests" / "faultinject.py"
 EPOCH = "1700000000"
@@ -92,7 +92,12 @@ def faulted_command(root: Path, args: list[str], *, at: int = 0, log: Path | Non
     if log is not None:
         env["PYBUILD_FAULT_LOG"] = str(log)
     return subprocess.run(
-        [sys.executable, str(FAULTINJECT), *args], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, str(FAULTINJECT), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        preexec_fn=interruptible,
     )
 
 
@@ -197,6 +202,7 @@ def start_build(context: Path, *args: str) -> subprocess.Popen[str]:
         [sys.executable, "-m", "builder", "--progress", "plain", *args, str(context)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        preexec_fn=interruptible,
         text=True,
         cwd=REPO,
     )

@@ -322,16 +322,8 @@ def parse_ignore(data: bytes, source: str = DEFAULT_IGNORE_FILE) -> IgnoreRules:
         if line.startswith("#"):
             continue
         text = line.strip(_GO_SPACE)
-        if not text:
-            continue
-        try:
-            exception, pattern = _clean_pattern(text)
-            if not pattern:
-                continue
-            matcher = _compile(pattern)
-        except _BadPattern as e:
-            raise ContextError(f"{source}:{number}: {e}") from None
-        rules.append(Rule(source, number, text, pattern, exception, matcher))
+        if text:
+            rules.extend(_rule(source, number, text, text, where=f"{source}:{number}"))
     return IgnoreRules(tuple(rules), source)
 
 
@@ -340,15 +332,20 @@ def parse_patterns(patterns: tuple[str, ...] | list[str], source: str) -> Ignore
     BuildKit's copier matches them (patternmatcher, as for .dockerignore); ``source`` names them in errors."""
     rules = []
     for number, text in enumerate(patterns, start=1):
-        try:
-            exception, pattern = _clean_pattern(text.strip(_GO_SPACE))
-            if not pattern:
-                continue
-            matcher = _compile(pattern)
-        except _BadPattern as e:
-            raise ContextError(f"{source}: {e}") from None
-        rules.append(Rule(source, number, text, pattern, exception, matcher))
+        rules.extend(_rule(source, number, text, text.strip(_GO_SPACE), where=source))
     return IgnoreRules(tuple(rules), source)
+
+
+def _rule(source: str, number: int, text: str, trimmed: str, *, where: str) -> list[Rule]:
+    """The rule of one pattern (none when it cleans to nothing); a bad one is a ``ContextError`` at ``where``."""
+    try:
+        exception, pattern = _clean_pattern(trimmed)
+        if not pattern:
+            return []
+        matcher = _compile(pattern)
+    except _BadPattern as e:
+        raise ContextError(f"{where}: {e}") from None
+    return [Rule(source, number, text, pattern, exception, matcher)]
 
 
 class _BadPattern(Exception):

@@ -7,12 +7,13 @@ import json
 import random
 
 import pytest
+from tartools import compress
 
 import builder.compressed
 from builder.compressed import CompressedLayers
 from builder.root import Store, open_store
 from oci import mediatypes as mt
-from oci.compression import Compression, compressor, decompress_stream
+from oci.compression import Compression, decompress_stream
 from oci.descriptor import Descriptor
 from oci.digest import Digest
 from oci.errors import DigestMismatch, InvalidDocument, UnsupportedMediaType
@@ -30,16 +31,8 @@ def _tar(seed: int = 1, size: int = 300_000) -> bytes:
     return out.getvalue()
 
 
-def _compress(kind: Compression, data: bytes) -> bytes:
-    out = io.BytesIO()
-    writer = compressor(kind, out)
-    writer.write(data)
-    writer.finish()
-    return out.getvalue()
-
-
 def _put(store: Store, data: bytes, kind: Compression = Compression.NONE) -> Descriptor:
-    blob = _compress(kind, data)
+    blob = compress(kind, data)
     return Descriptor(kind.layer_media_type, store.layout.store.put_bytes(blob), len(blob))
 
 
@@ -72,7 +65,7 @@ def test_compresses_into_the_store_deterministically(store: Store, kind: Compres
     assert store.layout.store.has(got.digest) and store.layout.store.size(got.digest) == got.size
     assert _plain(store, got) == data
     # The same bytes a fresh compression of the same tar gives: the digest does not depend on when or where.
-    assert got.digest == Digest.of_bytes(_compress(kind, data))
+    assert got.digest == Digest.of_bytes(compress(kind, data))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -93,7 +86,7 @@ def test_a_layer_compressed_differently_is_decompressed_and_recompressed(
     got = CompressedLayers(store).get(_put(store, data, source), target)
     assert got.media_type == target.layer_media_type
     assert _plain(store, got) == data
-    assert got.digest == Digest.of_bytes(_compress(target, data))
+    assert got.digest == Digest.of_bytes(compress(target, data))
 
 
 def test_the_memo_is_written_atomically_and_names_the_source(store: Store) -> None:

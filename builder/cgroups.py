@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import signal
 import time
 from collections.abc import Iterator, Sequence
@@ -349,6 +348,8 @@ class StepCgroup:
         return tuple(os.path.join(m.path, "cgroup.procs") for m in self._made)
 
     def __enter__(self) -> StepCgroup:
+        import secrets  # here, not at the top: only a RUN with --memory or --pids-limit gets a cgroup
+
         placed = _placement(self.limits, self._found if self._found is not None else _system())
         name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         try:

@@ -8,61 +8,37 @@ SIGINT/SIGTERM. Errors are one line on standard error; ``--debug`` adds the trac
 from __future__ import annotations
 
 import argparse
-import difflib
-import json
 import os
 import signal
 import sys
 import threading
-import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
 
-from builder import __version__, cacheops, cgroups, fsck, info, layerview, storeops
-from builder.cache import CacheIndex
-from builder.cacheshare import check_cache_destination, parse_cache_option
-from builder.commit import rfc3339, source_date_epoch
-from builder.context import list_context
+from builder import __version__
 from builder.errors import BuildError, DockerfileError, UsageError
-from builder.export import check_destination, export_image, parse_output
-from builder.frontend.dockerfile import DockerfileAST, parse_dockerfile
-from builder.images import (
-    base_config,
-    filter_images,
-    find_image,
-    image_history,
-    inspect_image,
-    list_images,
-    parse_image_filters,
-    tag_image,
-)
-from builder.importer import ImportRequest, import_rootfs
-from builder.limits import ENTRIES_ENV, SIZE_ENV, layer_limits, limit_hint
-from builder.mounts import parse_allow, read_agents, read_secrets
-from builder.plan import BuildPlan, PlanOptions, check_dockerfile, plan_build
-from builder.platforms import host_platform
-from builder.progress import Progress
-from builder.remote import PushResult, RegistrySettings, Remote
-from builder.request import (
-    BuildRequest,
-    parse_build_args,
-    parse_key_values,
-    parse_platform,
-    read_dockerfile,
-    resolve_paths,
-)
-from builder.root import Store, open_store, store_root
-from builder.solve import BuildOptions, BuildResult, solve
-from oci.apply import ApplyLimits
-from oci.compression import Compression
-from oci.descriptor import Platform
-from oci.errors import InvalidReference, OCIError
-from oci.frozen import FrozenMap
-from oci.reference import Reference
-from oci.store import atomic_file
+from oci.errors import InvalidReference, LimitExceeded, OCIError
+
+# Start-up time is import time: ``pybuild --help`` imports the parser and nothing else, and each verb imports the
+# operations it runs when it runs (tests/builder/test_startup.py keeps it so). Names only annotations use come
+# from this block, which only type checkers read (a constant, because importing typing alone costs 5 ms).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from typing import Any, NoReturn, TextIO
+
+    from builder import layerview
+    from builder.cache import CacheIndex
+    from builder.export import OutputSpec
+    from builder.frontend.dockerfile import DockerfileAST
+    from builder.plan import BuildPlan, PlanOptions
+    from builder.remote import PushResult, Remote
+    from builder.request import BuildRequest
+    from builder.root import Store
+    from oci.apply import ApplyLimits
+    from oci.compression import Compression
+    from oci.descriptor import Platform
+    from oci.reference import Reference
 
 __all__ = ["main"]
 
@@ -87,11 +63,16 @@ class _Context:
     @property
     def store(self) -> Store:
         if self._store is None:
+            from builder.root import open_store, store_root
+
             self._store = open_store(store_root(self.args.root, self.environ), self.limits)
         return self._store
 
     @property
     def platform(self) -> Platform:
+        from builder.platforms import host_platform
+        from oci.descriptor import Platform
+
         text = getattr(self.args, "platform", None)
         if not text:
             return host_platform()
@@ -103,6 +84,8 @@ class _Context:
 
 def _layer_limits(args: argparse.Namespace, environ: Mapping[str, str]) -> ApplyLimits:
     """--max-layer-size and --max-layer-entries, else $PYBUILD_MAX_LAYER_SIZE and $PYBUILD_MAX_LAYER_ENTRIES."""
+    from builder.limits import ENTRIES_ENV, SIZE_ENV, layer_limits
+    from builder.units import parse_size
 
     def setting(given: int | None, name: str, parse: Callable[[str], int]) -> int | None:
         if given is not None or not environ.get(name):
@@ -113,7 +96,7 @@ def _layer_limits(args: argparse.Namespace, environ: Mapping[str, str]) -> Apply
             raise UsageError(f"${name}: {err}") from None
 
     return layer_limits(
-        setting(getattr(args, "max_layer_size", None), SIZE_ENV, cacheops.parse_size),
+        setting(getattr(args, "max_layer_size", None), SIZE_ENV, parse_size),
         setting(getattr(args, "max_layer_entries", None), ENTRIES_ENV, _count),
     )
 
@@ -122,6 +105,8 @@ def _layer_limits(args: argparse.Namespace, environ: Mapping[str, str]) -> Apply
 
 
 def _parse_refs(names: Sequence[str]) -> tuple[Reference, ...]:
+    from oci.reference import Reference
+
     refs = []
     for name in names:
         try:
@@ -135,6 +120,8 @@ def _parse_refs(names: Sequence[str]) -> tuple[Reference, ...]:
 
 
 def _remote(ctx: _Context, *, refresh: bool = False) -> Remote:
+    from builder.remote import RegistrySettings, Remote
+
     args = ctx.args
     settings = RegistrySettings(
         insecure=frozenset(getattr(args, "insecure_registry", None) or ()),
@@ -152,6 +139,9 @@ def _registry_name(text: str) -> str:
 
 
 def cmd_pull(ctx: _Context) -> int:
+    from builder.progress import Progress
+    from oci.reference import Reference
+
     args = ctx.args
     try:
         ref = Reference.parse(args.name)
@@ -176,6 +166,12 @@ def cmd_pull(ctx: _Context) -> int:
 
 
 def cmd_push(ctx: _Context) -> int:
+    from builder.images import find_image
+    from builder.progress import Progress
+    from oci.compression import Compression
+    from oci.reference import Reference
+    from oci.store import atomic_file
+
     args = ctx.args
     try:
         compression = Compression.parse(args.compression)
@@ -257,6 +253,8 @@ def _signing_key(ctx: _Context, path: str) -> Any:
 
 
 def _registry_ref(name: str) -> Reference:
+    from oci.reference import Reference
+
     try:
         return Reference.parse(name)
     except InvalidReference as err:
@@ -314,7 +312,10 @@ def cmd_verify(ctx: _Context) -> int:
 
 
 def cmd_run(ctx: _Context) -> int:
+    from builder import cgroups
     from builder.container import ContainerRequest, run_image
+    from builder.progress import Progress
+    from oci.reference import Reference
 
     args = ctx.args
     if args.tty:
@@ -359,6 +360,11 @@ def cmd_run(ctx: _Context) -> int:
 
 
 def cmd_import(ctx: _Context) -> int:
+    from builder.commit import source_date_epoch
+    from builder.importer import ImportRequest, import_rootfs
+    from builder.progress import Progress
+    from oci.compression import Compression
+
     args = ctx.args
     names = list(args.tag) + ([args.reference] if args.reference else [])
     try:
@@ -384,6 +390,8 @@ def cmd_import(ctx: _Context) -> int:
 
 
 def _build_request(ctx: _Context) -> BuildRequest:
+    from builder.request import BuildRequest, parse_build_args, parse_key_values, parse_platform, resolve_paths
+
     args = ctx.args
     context, dockerfile = resolve_paths(args.context, args.file)
     contexts = parse_key_values(args.build_context, "--build-context")
@@ -401,10 +409,16 @@ def _build_request(ctx: _Context) -> BuildRequest:
 
 
 def _read_dockerfile(request: BuildRequest) -> DockerfileAST:
+    from builder.frontend.dockerfile import parse_dockerfile
+    from builder.request import read_dockerfile
+
     return parse_dockerfile(read_dockerfile(request, sys.stdin.buffer), request.dockerfile_label)
 
 
 def _plan_options(request: BuildRequest, all_stages: bool) -> PlanOptions:
+    from builder.plan import PlanOptions
+    from builder.platforms import host_platform
+
     return PlanOptions(
         build_args=request.build_args,
         target=request.target,
@@ -424,6 +438,10 @@ def _plan(
     remote: Remote | None = None,
     ast: DockerfileAST | None = None,
 ) -> BuildPlan:
+    from builder.images import base_config
+    from builder.plan import plan_build
+    from builder.root import store_root
+
     if ast is None:
         ast = _read_dockerfile(request)
     options = _plan_options(request, all_stages)
@@ -459,6 +477,8 @@ def _warn(plan: BuildPlan) -> None:
 
 def _epoch(ctx: _Context, request: BuildRequest) -> int | None:
     """SOURCE_DATE_EPOCH from the environment or a build arg (as BuildKit reads it); --reproducible means 0."""
+    from builder.commit import source_date_epoch
+
     epoch = source_date_epoch(ctx.environ)
     if epoch is None and "SOURCE_DATE_EPOCH" in request.build_args:
         epoch = source_date_epoch({"SOURCE_DATE_EPOCH": request.build_args["SOURCE_DATE_EPOCH"]})
@@ -476,8 +496,17 @@ def cmd_build(ctx: _Context) -> int:
         if args.check:
             return _report_checks(ctx, plan)
         _warn(plan)
-        ctx.out.write(json.dumps(plan.to_json(), indent=2, ensure_ascii=False) + "\n")
+        ctx.out.write(_json(plan.to_json(), indent=2, ensure_ascii=False) + "\n")
         return 0
+    from builder import cgroups
+    from builder.cacheshare import check_cache_destination, parse_cache_option
+    from builder.mounts import parse_allow, read_agents, read_secrets
+    from builder.plan import check_dockerfile
+    from builder.progress import Progress
+    from builder.solve import BuildOptions, BuildResult, solve
+    from oci.compression import Compression
+    from oci.frozen import FrozenMap
+
     # The whole Dockerfile is read and checked before anything touches the store or the network.
     ast = _read_dockerfile(request)
     check_dockerfile(ast, _plan_options(request, all_stages=False))
@@ -485,9 +514,13 @@ def cmd_build(ctx: _Context) -> int:
         compression = Compression.parse(args.compression)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    outputs = [parse_output(text) for text in args.output]
-    if args.push:
-        outputs.append(parse_output("type=registry"))
+    outputs: list[OutputSpec] = []
+    if args.output or args.push:  # only a build that exports needs the exporters (and docker archives, and tar)
+        from builder.export import check_destination, export_image, parse_output
+
+        outputs = [parse_output(text) for text in args.output]
+        if args.push:
+            outputs.append(parse_output("type=registry"))
     for spec in outputs:
         check_destination(spec, store=ctx.store)
     if sum(spec.to_stdout for spec in outputs) > 1:
@@ -560,6 +593,8 @@ def cmd_build(ctx: _Context) -> int:
 
 
 def _write_iidfile(path: Path, text: str) -> None:
+    from oci.store import atomic_file
+
     with atomic_file(path.absolute()) as f:
         f.write(text.encode())
 
@@ -568,7 +603,7 @@ def _report_checks(ctx: _Context, plan: BuildPlan) -> int:
     if ctx.args.format == "json":
         for warning in plan.warnings:
             record = {"rule": warning.rule, "line": warning.line, "message": warning.message, "file": plan.path}
-            ctx.out.write(json.dumps(record) + "\n")
+            ctx.out.write(_json(record) + "\n")
     else:
         for warning in plan.warnings:
             ctx.out.write(f"{warning.render(plan.path)}\n")
@@ -583,6 +618,8 @@ def _no_subcommand(ctx: _Context) -> int:
 
 
 def cmd_context_ls(ctx: _Context) -> int:
+    from builder.context import list_context
+
     args = ctx.args
     context = Path(args.context)
     if not context.is_dir():
@@ -590,7 +627,7 @@ def cmd_context_ls(ctx: _Context) -> int:
     listing = list_context(context, Path(args.file) if args.file else None, show_excluded=args.why)
     if args.format == "json":
         for row in listing.entries:
-            ctx.out.write(json.dumps(row.to_json(), ensure_ascii=False) + "\n")
+            ctx.out.write(_json(row.to_json(), ensure_ascii=False) + "\n")
         return 0
     source = str(listing.ignore_file) if listing.ignore_file else "no ignore file"
     print(f"context {context} ({source})", file=sys.stderr)
@@ -606,6 +643,8 @@ def cmd_context_ls(ctx: _Context) -> int:
 
 
 def _ago(created: str) -> str:
+    from datetime import UTC, datetime
+
     try:
         moment = datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     except ValueError:
@@ -644,6 +683,8 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 
 
 def cmd_images(ctx: _Context) -> int:
+    from builder.images import filter_images, list_images, parse_image_filters
+
     args = ctx.args
     texts = list(args.filter) + ([f"reference={args.reference}"] if args.reference else [])
     filters = parse_image_filters(texts)
@@ -651,7 +692,7 @@ def cmd_images(ctx: _Context) -> int:
     rows = filter_images(layout, list_images(layout, ctx.platform), filters, ctx.platform)
     if args.format == "json":
         for row in rows:
-            ctx.out.write(json.dumps(row.to_json(), sort_keys=True) + "\n")
+            ctx.out.write(_json(row.to_json(), sort_keys=True) + "\n")
         return 0
     if args.quiet:
         seen: set[str] = set()
@@ -679,6 +720,8 @@ def cmd_images(ctx: _Context) -> int:
 
 
 def cmd_inspect(ctx: _Context) -> int:
+    from builder.images import inspect_image
+
     results: list[dict[str, Any]] = []
     missing: list[str] = []
     for name in ctx.args.names:
@@ -686,7 +729,7 @@ def cmd_inspect(ctx: _Context) -> int:
             results.append(inspect_image(ctx.store.layout, name, ctx.platform))
         except BuildError as err:
             missing.append(str(err))
-    ctx.out.write(json.dumps(results, indent=4, sort_keys=False) + "\n")
+    ctx.out.write(_json(results, indent=4, sort_keys=False) + "\n")
     if missing:
         raise BuildError(missing[0] if len(missing) == 1 else "; ".join(missing))
     return 0
@@ -707,11 +750,15 @@ def _ellipsis(text: str, width: int) -> str:
 
 
 def cmd_tag(ctx: _Context) -> int:
+    from builder.images import tag_image
+
     tag_image(ctx.store.layout, ctx.args.source, ctx.args.target, ctx.platform)
     return 0
 
 
 def cmd_rmi(ctx: _Context) -> int:
+    from builder import storeops
+
     args = ctx.args
     failed = 0
     for name in args.names:
@@ -732,6 +779,8 @@ def cmd_rmi(ctx: _Context) -> int:
 
 
 def cmd_prune(ctx: _Context) -> int:
+    from builder import storeops
+
     args = ctx.args
     options = storeops.PruneOptions(until=min((seconds for _, seconds in args.filter), default=None))
     agreed = None
@@ -767,6 +816,9 @@ def cmd_prune(ctx: _Context) -> int:
 
 
 def cmd_fsck(ctx: _Context) -> int:
+    from builder import fsck
+    from builder.root import store_root
+
     args = ctx.args
     store = fsck.open_for_check(store_root(args.root, ctx.environ))  # not ctx.store: its sweep hides leftovers
     report = fsck.check_store(store, repair=args.repair)
@@ -790,6 +842,8 @@ def cmd_fsck(ctx: _Context) -> int:
 
 
 def cmd_info(ctx: _Context) -> int:
+    from builder import info
+
     found = info.collect(ctx.store)
     if ctx.args.format == "json":
         _json_out(ctx, found.to_json())
@@ -799,6 +853,9 @@ def cmd_info(ctx: _Context) -> int:
 
 
 def cmd_system_df(ctx: _Context) -> int:
+    from builder import storeops
+    from builder.commit import rfc3339
+
     args = ctx.args
     usage = storeops.system_df(ctx.store, ctx.platform)
     if args.format == "json":
@@ -806,7 +863,7 @@ def cmd_system_df(ctx: _Context) -> int:
             _json_out(ctx, usage.to_json(verbose=True))
         else:
             for row in usage.rows:  # one object per line, as docker system df --format json
-                ctx.out.write(json.dumps(row.to_json()) + "\n")
+                ctx.out.write(_json(row.to_json()) + "\n")
         return 0
     if args.verbose:
         ctx.out.write("Images space usage:\n\n")
@@ -853,6 +910,8 @@ def cmd_system_df(ctx: _Context) -> int:
 
 
 def cmd_history(ctx: _Context) -> int:
+    from builder.images import image_history
+
     args = ctx.args
     rows = image_history(ctx.store.layout, args.image, ctx.platform)
 
@@ -866,7 +925,7 @@ def cmd_history(ctx: _Context) -> int:
     if args.format == "json":
         for row in rows:  # one object per line, as docker history --format json
             data = {**row.to_json(), "CreatedSince": _ago(row.created) if row.created else "N/A"}
-            ctx.out.write(json.dumps(data, ensure_ascii=False) + "\n")
+            ctx.out.write(_json(data, ensure_ascii=False) + "\n")
         return 0
     table = [["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]]
     for row in rows:
@@ -887,6 +946,8 @@ def cmd_history(ctx: _Context) -> int:
 def _archive_compression(text: str | None) -> Compression | None:
     if not text:
         return None
+    from oci.compression import Compression
+
     try:
         return Compression.parse(text)
     except ValueError as err:
@@ -894,6 +955,8 @@ def _archive_compression(text: str | None) -> Compression | None:
 
 
 def cmd_save(ctx: _Context) -> int:
+    from builder import storeops
+
     args = ctx.args
     compression = _archive_compression(args.compression)
     with storeops.archive_output(args.output, sys.stdout.buffer) as out:
@@ -904,6 +967,8 @@ def cmd_save(ctx: _Context) -> int:
 
 
 def cmd_load(ctx: _Context) -> int:
+    from builder import storeops
+
     args = ctx.args
     loaded = storeops.load_images(ctx.store, args.input or "-", sys.stdin.buffer, ctx.platform)
     for item in loaded:
@@ -918,6 +983,8 @@ def cmd_load(ctx: _Context) -> int:
 
 
 def cmd_export(ctx: _Context) -> int:
+    from builder import storeops
+
     args = ctx.args
     with storeops.archive_output(args.output, sys.stdout.buffer) as out:
         storeops.export_rootfs(ctx.store, args.image, out, ctx.platform)
@@ -935,6 +1002,8 @@ def cmd_cache(ctx: _Context) -> int:
 
 @contextmanager
 def _cache_index(ctx: _Context) -> Iterator[CacheIndex]:
+    from builder.cache import CacheIndex
+
     index = CacheIndex(ctx.store.root)
     try:
         yield index
@@ -946,11 +1015,20 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def _json(value: object, **options: Any) -> str:
+    import json
+
+    return json.dumps(value, **options)
+
+
 def _json_out(ctx: _Context, value: object) -> None:
-    ctx.out.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    ctx.out.write(_json(value, indent=2, ensure_ascii=False) + "\n")
 
 
 def cmd_cache_ls(ctx: _Context) -> int:
+    from builder import cacheops
+    from builder.commit import rfc3339
+
     args = ctx.args
     with _cache_index(ctx) as index:
         entries = cacheops.list_entries(index)
@@ -979,6 +1057,8 @@ def cmd_cache_ls(ctx: _Context) -> int:
 
 
 def cmd_cache_inspect(ctx: _Context) -> int:
+    from builder import cacheops
+
     with _cache_index(ctx) as index:
         found, errors = cacheops.inspect_entries(ctx.store, index, ctx.args.keys)
     _json_out(ctx, found)
@@ -988,6 +1068,9 @@ def cmd_cache_inspect(ctx: _Context) -> int:
 
 
 def cmd_cache_du(ctx: _Context) -> int:
+    from builder import cacheops
+    from builder.commit import rfc3339
+
     args = ctx.args
     with _cache_index(ctx) as index:
         usage = cacheops.disk_usage(ctx.store, index)
@@ -1020,6 +1103,8 @@ def cmd_cache_du(ctx: _Context) -> int:
 
 
 def cmd_cache_prune(ctx: _Context) -> int:
+    from builder import cacheops
+
     args = ctx.args
     options = cacheops.PruneOptions(
         all=args.all,
@@ -1066,6 +1151,9 @@ _STATUS = {"cached": "CACHED", "built": "MISS", "failed": "FAILED"}
 
 
 def cmd_cache_explain(ctx: _Context) -> int:
+    from builder import cacheops
+    from builder.commit import rfc3339
+
     with _cache_index(ctx) as index:
         build = cacheops.last_build(index)
     if build is None:
@@ -1097,6 +1185,8 @@ def cmd_cache_mounts(ctx: _Context) -> int:
 
 
 def cmd_cache_mounts_ls(ctx: _Context) -> int:
+    from builder.commit import rfc3339
+
     mounts = _cache_mounts(ctx).list()
     if ctx.args.quiet:
         ctx.out.write("".join(f"{mount.id}\n" for mount in mounts))
@@ -1127,6 +1217,7 @@ def cmd_cache_mounts_rm(ctx: _Context) -> int:
 def _move_cache_mounts(ctx: _Context, where: str, verb: str) -> Any:
     """``cache mounts export|import``: move the mounts with progress, one line per mount moved; the result."""
     from builder.cachemountshare import export_mounts, import_mounts, parse_location
+    from builder.progress import Progress
 
     args = ctx.args
     location = parse_location(where, verb)
@@ -1168,6 +1259,8 @@ def _positive_int(text: str) -> int:
 
 
 def _memory_arg(text: str) -> int:
+    from builder import cgroups
+
     try:
         return cgroups.parse_memory(text)
     except ValueError as err:
@@ -1175,6 +1268,8 @@ def _memory_arg(text: str) -> int:
 
 
 def _pids_arg(text: str) -> int | None:
+    from builder import cgroups
+
     try:
         return cgroups.parse_pids(text)
     except ValueError as err:
@@ -1198,8 +1293,10 @@ def _add_run_limits(p: argparse.ArgumentParser, what: str, note: str = "") -> No
 
 
 def _size_arg(text: str) -> int:
+    from builder.units import parse_size
+
     try:
-        return cacheops.parse_size(text)
+        return parse_size(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
@@ -1221,8 +1318,10 @@ def _prune_filter(text: str) -> tuple[str, float]:
     key, eq, value = text.partition("=")
     if key != "until" or not eq:
         raise argparse.ArgumentTypeError(f"unsupported filter {text!r} (supported: until=DURATION)")
+    from builder.units import parse_duration
+
     try:
-        return key, cacheops.parse_duration(value)
+        return key, parse_duration(value)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
@@ -1272,6 +1371,8 @@ def _warn_unread(seen: layerview.Browse, upto: int) -> None:
 
 
 def cmd_diff(ctx: _Context) -> int:
+    from builder import layerview
+
     args = ctx.args
     target = layerview.find_target(ctx.store, args.image, ctx.platform)
     count = len(target.sources)
@@ -1302,6 +1403,8 @@ def cmd_diff(ctx: _Context) -> int:
 
 
 def cmd_layers(ctx: _Context) -> int:
+    from builder import layerview
+
     args = ctx.args
     target = layerview.find_target(ctx.store, args.image, ctx.platform)
     seen = layerview.browse(ctx.store.layout.store, target, limits=ctx.store.limits)
@@ -2117,6 +2220,8 @@ def _with_default_verb(parser: _Parser, argv: Sequence[str]) -> list[str]:
         return args
     word = args[i]
     if not word.startswith("-") and word != "-" and not os.path.exists(word):
+        import difflib
+
         close = difflib.get_close_matches(word, sorted(known), n=1)
         if close:
             raise UsageError(f"unknown command {word!r}", hint=f"did you mean '{close[0]}'?")
@@ -2158,6 +2263,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 0
     except (BuildError, OCIError, OSError) as err:
         if debug:
+            import traceback
+
             traceback.print_exc()
         _report(err)
         return err.exit_code if isinstance(err, BuildError) else 1
@@ -2172,6 +2279,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return code if isinstance(code, int) else 0 if code is None else 1
     except Exception as err:  # noqa: BLE001 - the one place that turns anything into an exit code
         if debug:
+            import traceback
+
             traceback.print_exc()
         print(f"{PROG}: internal error: {type(err).__name__}: {err} (run with --debug for details)", file=sys.stderr)
         return 1
@@ -2183,7 +2292,11 @@ def _report(err: BaseException) -> None:
         message = f"{err.strerror or err}{where}"
     else:
         message = str(err)
-    hint = getattr(err, "hint", "") or limit_hint(err)
+    hint = getattr(err, "hint", "")
+    if not hint and isinstance(err, LimitExceeded):  # only a verb hits a limit, and _Context imported builder.limits
+        from builder.limits import limit_hint
+
+        hint = limit_hint(err)
     line = f"{PROG}: {message}" + (f" ({hint})" if hint else "")
     print(line.replace("\n", " "), file=sys.stderr)
 

@@ -7,7 +7,6 @@ streamed to disk, never held in memory; BuildKit's rules give it its name (the U
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import posixpath
 import urllib.parse
@@ -89,6 +88,8 @@ def download(
         raise FetchError(f"ADD {url}: digest mismatch: got {check[0]}:{hasher.hexdigest()}, --checksum says {checksum}")
     mtime = 0
     if modified:
+        import email.utils  # here, not at the top: a build that downloads nothing does not pay for it
+
         try:
             mtime = int(email.utils.parsedate_to_datetime(modified).timestamp())
         except (TypeError, ValueError):

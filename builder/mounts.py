@@ -36,7 +36,6 @@ import os
 import posixpath
 import selectors
 import shutil
-import socket
 import stat
 import tempfile
 import threading
@@ -458,6 +457,8 @@ class _AgentProxy:
     the owner and mode the mount asks for (BuildKit forwards agents through its session the same way)."""
 
     def __init__(self, path: Path, agent: str, uid: int, gid: int, mode: int) -> None:
+        import socket  # here, not at the top: only a build with --ssh needs it
+
         self.path = path
         self.agent = agent
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -470,6 +471,8 @@ class _AgentProxy:
         self._thread.start()
 
     def _serve(self) -> None:
+        import socket
+
         selector = selectors.DefaultSelector()
         selector.register(self.listener, selectors.EVENT_READ)
         selector.register(self._wake_read, selectors.EVENT_READ)

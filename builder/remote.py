@@ -22,7 +22,6 @@ from builder.cache import store_guard
 from builder.root import Store
 from oci.compression import Compression
 from oci.config import ImageConfig, parse_config
-from oci.credentials import DockerConfig, docker_config_dir
 from oci.descriptor import Descriptor, Platform
 from oci.digest import Digest
 from oci.errors import OCIError
@@ -30,6 +29,7 @@ from oci.image import Image
 from oci.reference import Reference
 
 if TYPE_CHECKING:
+    from oci.credentials import DockerConfig
     from oci.registry import RegistryClient
     from oci.transfer import Resolved
 
@@ -104,10 +104,20 @@ class Remote:
         self.settings = settings
         self.environ = environ
         self.refresh = refresh  # --pull: ask the registry what a tag names even when the store has it
-        self.docker_config = DockerConfig(docker_config_dir(environ))
         self.sources = BlobSources(store.root)
+        self._docker_config: DockerConfig | None = None
         self._client: RegistryClient | None = None
         self._resolved: dict[tuple[str, str], Resolved | OCIError] = {}
+
+    @property
+    def docker_config(self) -> DockerConfig:
+        """Docker's config.json (credentials, certs.d), opened on first use like the client: a build whose images
+        are all in the store never reads it."""
+        if self._docker_config is None:
+            from oci.credentials import DockerConfig, docker_config_dir
+
+            self._docker_config = DockerConfig(docker_config_dir(self.environ))
+        return self._docker_config
 
     @property
     def client(self) -> RegistryClient:

@@ -7,15 +7,19 @@ gzip and multi-frame zstd, and treat NUL padding after the last gzip member as t
 
 from __future__ import annotations
 
+import collections
 import enum
 import io
+import os
+import struct
 import zlib
-from typing import BinaryIO, Protocol
-
-import zstandard
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from oci import mediatypes as mt
 from oci.errors import CompressionError, LimitExceeded
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 __all__ = ["Compression", "Compressor", "compressor", "decompress_stream", "sniff"]
 
@@ -77,19 +81,87 @@ class _Passthrough:
 
 
 class _GzipWriter:
-    # zlib's own gzip wrapper (wbits 31) writes mtime 0 and no name: a fixed header.
+    """One gzip member, deflated on every CPU at once and the same bytes on every machine (as pigz does).
+
+    The input is cut into blocks of ``_BLOCK`` bytes, counted from the start of the stream (so how the caller
+    chunks its writes does not matter). Each block is deflated on its own, primed with the 32 KiB before it as a
+    dictionary, and ends on a byte boundary (a sync flush; the last one finishes the stream), so the pieces
+    concatenate into one valid deflate stream. A block whose first 64 KiB does not shrink at level 1 (random or
+    already compressed bytes) is stored instead of deflated. None of this depends on the thread count. At most
+    ``2 x CPUs`` blocks are in flight, so memory stays a few MiB whatever the layer's size.
+    """
+
     def __init__(self, out: BinaryIO, level: int) -> None:
         self._out = out
-        self._z = zlib.compressobj(level, zlib.DEFLATED, 31, 9)
+        self._level = level
+        # Magic, deflate, no flags, mtime 0, no extra flags, OS 3 (Unix): the header zlib's own wrapper writes.
+        out.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03")
+        self._crc = 0
+        self._size = 0
+        self._pending = bytearray()
+        self._previous = b""
+        self._inflight: collections.deque[concurrent.futures.Future[bytes]] = collections.deque()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        chunk = self._z.compress(data)
-        if chunk:
-            self._out.write(chunk)
-        return len(data)
+        n = len(data)
+        self._crc = zlib.crc32(data, self._crc)
+        self._size += n
+        self._pending += data
+        while len(self._pending) >= _BLOCK:
+            block = bytes(self._pending[:_BLOCK])
+            del self._pending[:_BLOCK]
+            self._submit(block, final=False)
+        return n
+
+    def _submit(self, block: bytes, final: bool) -> None:
+        previous, self._previous = self._previous, block[-_WINDOW:]
+        if final and self._pool is None:
+            self._out.write(_deflate_block(block, previous, self._level, final))  # small: no threads
+            return
+        if self._pool is None:
+            import concurrent.futures  # here: it costs every command that opens the store a few ms
+
+            self._pool = concurrent.futures.ThreadPoolExecutor(_WORKERS, thread_name_prefix="gzip")
+        self._inflight.append(self._pool.submit(_deflate_block, block, previous, self._level, final))
+        while len(self._inflight) > 2 * _WORKERS or (final and self._inflight):
+            self._out.write(self._inflight.popleft().result())
 
     def finish(self) -> None:
-        self._out.write(self._z.flush(zlib.Z_FINISH))
+        try:
+            self._submit(bytes(self._pending), final=True)
+            self._pending = bytearray()
+            self._out.write(struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF))
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
+
+
+_BLOCK = 1 << 20
+_WINDOW = 32 << 10
+_SAMPLE = 64 << 10
+_WORKERS = max(1, min(8, os.cpu_count() or 1))
+
+
+def _deflate_block(block: bytes, previous: bytes, level: int, final: bool) -> bytes:
+    """``block`` as raw deflate, primed with ``previous``, ending byte-aligned (or ending the stream)."""
+    if level > 0 and _incompressible(block):
+        level = 0
+    z = (
+        zlib.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, previous)
+        if previous
+        else (zlib.compressobj(level, zlib.DEFLATED, -15, 9))
+    )
+    return z.compress(block) + z.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
+
+
+def _incompressible(block: bytes) -> bool:
+    sample = block[:_SAMPLE]
+    if len(sample) < 4096:
+        return False
+    z = zlib.compressobj(1, zlib.DEFLATED, -15, 9)
+    return len(z.compress(sample)) + len(z.flush()) >= len(sample) * 0.98
 
 
 class _ZstdWriter:
@@ -97,6 +169,8 @@ class _ZstdWriter:
         self._out = out
         # threads=0: single-threaded frames are the same bytes on every machine. The checksum lets a reader
         # detect corruption inside a block.
+        import zstandard  # here, not at the top: most commands never meet a zstd stream
+
         self._z = zstandard.ZstdCompressor(level=level, threads=0, write_checksum=True).compressobj()
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -255,8 +329,11 @@ class _ZstdReader(io.RawIOBase):
     """Multi-frame zstd with bounded memory; a stream cut in the middle of a frame is an error."""
 
     def __init__(self, raw: BinaryIO) -> None:
+        import zstandard
+
         super().__init__()
         self._frames = _ZstdFrames()
+        self._corrupt = zstandard.ZstdError
         self._reader = zstandard.ZstdDecompressor().stream_reader(
             _Tee(raw, self._frames), read_size=_CHUNK, read_across_frames=True, closefd=False
         )
@@ -267,7 +344,7 @@ class _ZstdReader(io.RawIOBase):
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         try:
             n = self._reader.readinto(buffer)
-        except zstandard.ZstdError as err:
+        except self._corrupt as err:
             raise CompressionError(f"zstd stream is corrupt: {err}") from None
         if n == 0 and not self._frames.at_boundary():
             raise CompressionError("zstd stream is truncated")

@@ -314,3 +314,27 @@ def test_max_bytes_allows_a_stream_of_exactly_that_size(kind: Compression) -> No
     _, plain = decompress_stream(io.BytesIO(_compress(kind, data)), max_bytes=len(data) - 1)
     with pytest.raises(LimitExceeded, match="layer expands to more than the 99999-byte limit"):
         plain.read()
+
+
+def test_gzip_bytes_do_not_depend_on_write_sizes_or_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parallel gzip writer cuts blocks by stream offset, so the same tar gives the same layer digest on a
+    machine with one CPU or eight, however the tar writer chunks its output."""
+    import oci.compression as compression
+
+    text = b"".join(b"line %d of a file that compresses\n" % (i % 997) for i in range(120_000))
+    data = _random(1_500_000) + text + _random(700_000, seed=2)
+    reference = _compress(Compression.GZIP, data, chunk=len(data))
+    assert _compress(Compression.GZIP, data, chunk=1000) == reference
+    monkeypatch.setattr(compression, "_WORKERS", 1)
+    assert _compress(Compression.GZIP, data, chunk=65536) == reference
+    monkeypatch.setattr(compression, "_WORKERS", 7)
+    assert _compress(Compression.GZIP, data, chunk=333_333) == reference
+    assert gzip.decompress(reference) == data
+    assert len(reference) < len(data) - len(text) // 2
+
+
+def test_gzip_stores_blocks_that_do_not_shrink() -> None:
+    import oci.compression as compression
+
+    assert compression._incompressible(_random(1 << 20))
+    assert not compression._incompressible(b"abc" * 400_000)

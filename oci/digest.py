@@ -76,6 +76,10 @@ class Hasher:
         self._hash = hashlib.new(algorithm)
         self.size = 0
 
+    @property
+    def algorithm(self) -> str:
+        return self._algorithm
+
     def update(self, data: bytes | bytearray | memoryview) -> None:
         self._hash.update(data)
         self.size += len(data)

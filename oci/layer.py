@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from oci.compression import Compression, compressor
-from oci.digest import Digest, Hasher
+from oci.digest import SHA256, Digest, Hasher
 from oci.errors import LayerError, UnsafeEntry
 from oci.frozen import FrozenMap
 from oci.tarformat import EntryType, TarEntry, TarWriter, decode_name
@@ -198,11 +198,16 @@ class _Pipeline:
     """The tar stream's sink: hashes the uncompressed bytes and hands them to the compressor."""
 
     def __init__(self, out: BinaryIO, compression: Compression, level: int | None) -> None:
-        self.hasher = Hasher()
+        # An uncompressed layer into a sink that hashes what it is given (a blob being written): its hash is the
+        # diff_id, so the bytes are hashed once, not twice.
+        shared = getattr(out, "hasher", None) if compression is Compression.NONE else None
+        self._own_hash = not (isinstance(shared, Hasher) and shared.size == 0 and shared.algorithm == SHA256)
+        self.hasher: Hasher = Hasher() if self._own_hash else shared  # type: ignore[assignment]
         self._compressor = compressor(compression, out, level)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        self.hasher.update(data)
+        if self._own_hash:
+            self.hasher.update(data)
         self._compressor.write(data)
         return len(data)
 

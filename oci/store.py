@@ -60,6 +60,11 @@ class BlobWriter:
     def size(self) -> int:
         return self._hasher.size
 
+    @property
+    def hasher(self) -> Hasher:
+        """The running hash of the bytes written so far (``write_layer`` reuses it as an uncompressed layer's)."""
+        return self._hasher
+
     def write(self, data: bytes | bytearray | memoryview) -> int:
         view = memoryview(data)
         self._hasher.update(view)

@@ -203,11 +203,15 @@ class RootView:
                     break
             else:
                 path = lower
-            for name in os.listdir(path):
-                if name in names:
-                    continue
-                child = os.lstat(os.path.join(path, name))
-                names[name] = not _is_whiteout(child)
+            with os.scandir(path) as entries:
+                for child in entries:
+                    if child.name in names:
+                        continue
+                    # Only a character device can be a whiteout: the directory entry's type spares the others a stat.
+                    plain = child.is_dir(follow_symlinks=False) or child.is_file(follow_symlinks=False)
+                    names[child.name] = (
+                        plain or child.is_symlink() or not _is_whiteout(child.stat(follow_symlinks=False))
+                    )
             if opaque_above or _opaque(path):
                 break
         return sorted((os.fsdecode(n) for n, visible in names.items() if visible), key=os.fsencode)
@@ -283,6 +287,17 @@ def upper_items(upper: Path, lower: RootView, *, clamp_mtime: int | None = None)
     """
     top = os.fsdecode(upper)
     seen_inodes: dict[tuple[int, int], str] = {}
+    below: dict[str, set[str]] = {}  # directory -> the names the lower layers show in it (for whiteouts)
+
+    def shown_below(parent: str, name: str) -> bool:
+        # A directory of many deletions (rm -rf of a tree) lists the lowers once rather than probing each path.
+        if parent not in below:
+            try:
+                below[parent] = set(lower.listdir(parent)) if lower.find(parent) is not None or not parent else set()
+            except (FileNotFoundError, NotADirectoryError):
+                below[parent] = set()
+        return name in below[parent]
+
     stack = [_Frame("", _children(top), None)]
 
     def parents() -> Iterator[LayerItem]:
@@ -301,7 +316,7 @@ def upper_items(upper: Path, lower: RootView, *, clamp_mtime: int | None = None)
         full = os.path.join(top, rel)
         st = os.lstat(full)
         if _is_whiteout(st):
-            if lower.find(rel) is not None:
+            if shown_below(frame.rel, name):
                 yield from parents()
                 yield LayerItem(whiteout(rel, mtime=0))
             continue

@@ -12,6 +12,11 @@ its PID namespace) and every mount it used (they live in its mount namespace).
 secret file's bytes, a secret variable — goes to the sandbox through a pipe, not the spec file. The mount points
 the sandbox had to create (the mount stubs) are listed in ``scratch/stubs.json``; once the sandbox is gone they
 are removed from the upper directory again if still empty, so that a mount leaves nothing in the layer.
+
+A build passes ``SandboxServers``: then each sandbox is forked by a server started once per thread (see
+``builder.sandbox``) rather than started as a new interpreter, which costs more than the rest of a trivial step.
+The sandbox is the same either way, and so is the guarantee: killed and waited for through a pidfd, it is gone,
+with everything under it, when ``run_container`` returns.
 """
 
 from __future__ import annotations
@@ -32,11 +37,22 @@ from pathlib import Path
 
 from builder.errors import BuildError
 
-__all__ = ["DEFAULT_HOSTNAME", "MountPoint", "RunSpec", "SandboxError", "remove_stubs", "run_container"]
+__all__ = [
+    "DEFAULT_HOSTNAME",
+    "MountPoint",
+    "RunSpec",
+    "SandboxError",
+    "SandboxServers",
+    "remove_stubs",
+    "run_container",
+]
 
 DEFAULT_HOSTNAME = "buildkitsandbox"
 _SETUP_FAILED = 125
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+#: The sandbox needs only the standard library and this package (on PYTHONPATH): no site (its .pth files, an
+#: editable install's import hooks, cost more than the rest of the start), and no module from the working directory.
+_PYTHON_FLAGS = ("-S", "-P")
 _LOOPBACK_NAMESERVERS = ("127.", "::1")
 _IDLE = 0.25  # seconds without output before on_idle is called
 _REAP_TIMEOUT = 10.0  # seconds to wait for a killed container's init to finish tearing its namespaces down
@@ -215,6 +231,249 @@ def _wait_through_interrupts(proc: subprocess.Popen[bytes]) -> int:
             continue
 
 
+def _environment() -> dict[str, str]:
+    return {"PYTHONPATH": _PACKAGE_PARENT, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
+class _Program:
+    """A sandbox started as a program of its own (``python -m builder.sandbox SPEC``)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.output = proc.stdout.fileno() if proc.stdout is not None else -1
+
+    def wait(self) -> int:
+        return self.proc.wait()
+
+    def wait_through_interrupts(self) -> int:
+        return _wait_through_interrupts(self.proc)
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)  # its init and everything under it die with it
+        self.proc.wait()
+
+    def close(self) -> None:
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def _kill(pidfd: int) -> None:
+    """SIGKILL the process ``pidfd`` refers to, and wait until it has exited."""
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # already gone
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    poller.poll()  # readable once the process has exited
+
+
+class _Forked:
+    """A sandbox a server forked: the server reports its status; a pidfd kills it and tells when it is gone."""
+
+    def __init__(self, server: _Server, pidfd: int, output: int) -> None:
+        self.server = server
+        self.pidfd = pidfd
+        self.output = output
+        self.done = False
+
+    def wait(self) -> int:
+        status = self.server.exit_status()
+        self.done = True
+        return status
+
+    def running(self) -> bool:
+        return not self.done
+
+    def kill(self) -> None:
+        _kill(self.pidfd)  # its init and everything under it die with it
+        self.server.stop()  # its status is still to come: a server out of step is not used again
+
+    def close(self) -> None:
+        os.close(self.output)
+        os.close(self.pidfd)
+
+
+class _Server:
+    """One ``python -m builder.sandbox --server``: a socket to it, and its process."""
+
+    def __init__(self, scratch: Path) -> None:
+        import socket  # here: it costs every command's start a few milliseconds, and only RUN steps need it
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    *_PYTHON_FLAGS,
+                    "-m",
+                    "builder.sandbox",
+                    "--server",
+                    str(theirs.fileno()),
+                    str(os.getpid()),
+                    os.fspath(scratch),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=_environment(),
+                close_fds=True,
+                pass_fds=(theirs.fileno(),),
+                cwd="/",
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.control = ours
+        self.usable = True
+
+    def wait_ready(self) -> bool:
+        """Whether the server has started and can fork sandboxes here (else it has exited)."""
+        try:
+            self.usable = self.control.recv(64) == b"ready"
+        except OSError:
+            self.usable = False
+        return self.usable
+
+    def fork(self, spec_file: Path, output: int, private: int | None) -> int | None:
+        """Have the server fork a sandbox for ``spec_file``, writing to ``output``; a pidfd of it, or None when the
+        server has gone (then no sandbox it may have started is left)."""
+        import socket
+
+        init_pid = spec_file.parent / "init.pid"
+        try:
+            socket.send_fds(self.control, [os.fsencode(spec_file)], [output] if private is None else [output, private])
+            reply, fds, _, _ = socket.recv_fds(self.control, 64, 1)
+        except BaseException as err:  # the server has gone, or we are interrupted: the sandbox may have started
+            self.abandon(init_pid)
+            if isinstance(err, OSError):
+                return None
+            raise
+        if reply.startswith(b"started ") and len(fds) == 1:
+            return fds[0]
+        for fd in fds:
+            os.close(fd)
+        if reply.startswith(b"failed "):  # fork() failed: no sandbox
+            code = int(reply.split()[1])
+            raise OSError(code, f"cannot start the sandbox: {os.strerror(code)}")
+        if reply == b"refused":
+            raise SandboxError(f"cannot start the container: the sandbox server refused {spec_file}")
+        self.abandon(init_pid)
+        return None
+
+    def exit_status(self) -> int:
+        """The wait status of the sandbox forked last, as ``Popen.returncode`` has it (-N: killed by signal N)."""
+        try:
+            reply = self.control.recv(64)
+        except OSError:
+            reply = b""
+        if not reply.startswith(b"exited "):
+            self.stop()
+            raise SandboxError("cannot run the container: the sandbox server stopped")
+        return os.waitstatus_to_exitcode(int(reply.split()[1]))
+
+    def abandon(self, init_pid: Path) -> None:
+        """Stop the server in the middle of a fork, and wait until the sandbox it may have started is gone: the
+        sandbox only runs once its pidfd is sent, and what was sent can still be read once the server is dead
+        (``init_pid``: where the sandbox writes its container's init's pid)."""
+        self.usable = False
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        import socket
+
+        self.control.setblocking(False)
+        try:
+            _, fds, _, _ = socket.recv_fds(self.control, 64, 1)
+        except OSError:
+            fds = []
+        self.control.close()
+        for pidfd in fds:
+            _kill(pidfd)
+            os.close(pidfd)
+            _wait_for_init(init_pid)
+
+    def stop(self) -> None:
+        """End the server (a sandbox it runs dies with it) and reap it."""
+        self.usable = False
+        self.control.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+class SandboxServers:
+    """The sandbox servers of one build, one per thread that runs containers (the kernel's parent-death signal, which
+    ends a server with the engine, is tied to the thread that started it); ``close`` ends them all once the build's
+    containers are over. Where a server cannot run (no pidfds), each step starts a sandbox program of its own."""
+
+    def __init__(self, scratch: Path) -> None:
+        self.scratch = scratch  # the directory the specs are under
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._servers: list[_Server] = []
+        self._closed = False
+        self._unavailable = False
+
+    def get(self) -> _Server | None:
+        """This thread's server, started if need be; None when sandboxes must be started as programs."""
+        server: _Server | None = getattr(self._local, "server", None)
+        if server is not None and server.usable:
+            return server
+        with self._lock:
+            if self._closed or self._unavailable:
+                return None
+            server = _Server(self.scratch)
+            self._servers.append(server)  # before waiting: an interrupt leaves it to close()
+        if not server.wait_ready():
+            server.stop()
+            self._unavailable = True
+            return None
+        self._local.server = server
+        return server
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            servers, self._servers = self._servers, []
+        for server in servers:
+            server.stop()
+
+
+def _start(
+    servers: SandboxServers | None, spec_file: Path, private_read: int | None, interactive: bool
+) -> _Program | _Forked:
+    server = servers.get() if servers is not None and not interactive else None
+    if server is not None:
+        read, write = os.pipe()
+        try:
+            pidfd = server.fork(spec_file, write, private_read)
+        except BaseException:
+            os.close(read)
+            raise
+        finally:
+            os.close(write)
+        if pidfd is not None:
+            return _Forked(server, pidfd, read)
+        os.close(read)  # the server has gone before it forked: a program of its own, then
+    proc = subprocess.Popen(
+        [sys.executable, *_PYTHON_FLAGS, "-m", "builder.sandbox", os.fspath(spec_file)],
+        stdin=None if interactive else subprocess.DEVNULL,
+        stdout=None if interactive else subprocess.PIPE,
+        stderr=None if interactive else subprocess.STDOUT,
+        env=_environment(),
+        close_fds=True,
+        pass_fds=(private_read,) if private_read is not None else (),
+        cwd="/",
+    )
+    return _Program(proc)
+
+
 def run_container(
     scratch: Path,
     lowers: Sequence[Path],
@@ -224,6 +483,7 @@ def run_container(
     *,
     interactive: bool = False,
     cgroups: Sequence[str] = (),
+    servers: SandboxServers | None = None,
 ) -> int:
     """Run ``spec`` over ``lowers`` (top first); return its exit status (128 + N when killed by signal N).
 
@@ -234,6 +494,7 @@ def run_container(
     than ending the wait.
     ``cgroups``: the ``cgroup.procs`` files (``builder.cgroups``) the sandbox joins before it forks the container, so
     that everything the command starts is in them.
+    ``servers``: the build's sandbox servers, which fork the sandbox (unless ``interactive``).
     Raises ``SandboxError`` when the container itself could not start.
     """
     for name in ("upper", "work", "merged", "files"):
@@ -276,19 +537,9 @@ def run_container(
         document["private_fd"] = private_read
     spec_file = scratch / "spec.json"
     _write(spec_file, json.dumps(document).encode())
-    environment = {"PYTHONPATH": _PACKAGE_PARENT, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     sender: threading.Thread | None = None
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "builder.sandbox", os.fspath(spec_file)],
-            stdin=None if interactive else subprocess.DEVNULL,
-            stdout=None if interactive else subprocess.PIPE,
-            stderr=None if interactive else subprocess.STDOUT,
-            env=environment,
-            close_fds=True,
-            pass_fds=(private_read,) if private is not None else (),
-            cwd="/",
-        )
+        sandbox = _start(servers, spec_file, private_read if private is not None else None, interactive)
     except BaseException:
         if private is not None:
             os.close(private_write)
@@ -303,10 +554,10 @@ def run_container(
         sender.start()
     try:
         if interactive:
-            status = _wait_through_interrupts(proc)
+            assert isinstance(sandbox, _Program)
+            status = sandbox.wait_through_interrupts()
         else:
-            assert proc.stdout is not None
-            fd = proc.stdout.fileno()
+            fd = sandbox.output
             while True:
                 if on_idle is not None and not select.select([fd], [], [], _IDLE)[0]:
                     on_idle()
@@ -315,14 +566,12 @@ def run_container(
                 if not chunk:
                     break
                 on_output(chunk)
-            status = proc.wait()
+            status = sandbox.wait()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)  # its init and everything under it die with it
-            proc.wait()
+        if sandbox.running():
+            sandbox.kill()
             _wait_for_init(scratch / "init.pid")
-        if proc.stdout is not None:
-            proc.stdout.close()
+        sandbox.close()
         if sender is not None:
             sender.join()
         remove_stubs(scratch / "upper", _read_stubs(stubs_file))

@@ -1,15 +1,16 @@
 """The Linux system calls the sandbox needs and Python 3.11 does not expose: unshare, mount, umount2,
 pivot_root, sethostname, capset and prctl (PR_SET_PDEATHSIG, the capability bounding and ambient sets), through
 ctypes, each raising OSError with errno on failure.
+
+The sandbox imports this module once per RUN step, so it imports nothing slow: libc is loaded by its soname
+(``ctypes.util.find_library`` would run ``ldconfig -p``), and the machine comes from ``os.uname``.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
-import platform
 
 __all__ = [
     "CLONE_NEWIPC",
@@ -60,7 +61,15 @@ _PR_CAP_AMBIENT_CLEAR_ALL = 4
 _CAPABILITY_VERSION_3 = 0x20080522
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217, "riscv64": 41}
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+def _load_libc() -> ctypes.CDLL:
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)  # glibc's soname on every architecture above
+    except OSError:  # another libc (musl): the symbols the interpreter itself was linked with
+        return ctypes.CDLL(None, use_errno=True)
+
+
+_libc = _load_libc()
 
 
 def _check(result: int, what: str, path: str | None = None) -> None:
@@ -125,9 +134,10 @@ def umount(target: str, flags: int = 0) -> None:
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
-    number = _SYS_PIVOT_ROOT.get(platform.machine())
+    machine = os.uname().machine
+    number = _SYS_PIVOT_ROOT.get(machine)
     if number is None:
-        raise OSError(errno.ENOSYS, f"pivot_root: unsupported architecture {platform.machine()}")
+        raise OSError(errno.ENOSYS, f"pivot_root: unsupported architecture {machine}")
     result = _libc.syscall(ctypes.c_long(number), os.fsencode(new_root), os.fsencode(put_old))
     _check(result, "pivot_root")
 

@@ -24,23 +24,38 @@ the upper directory afterwards. ``insecure`` (``RUN --security=insecure``) keeps
 has, leaves ``/proc`` unmasked and mounts ``/sys`` writable.
 Exit status: the command's, or 128 + the signal that killed it; 125 means the sandbox itself failed (the reason is
 written to the spec's ``error_file``).
+
+A build runs many steps, and a fresh interpreter costs more than a trivial step's container, so the engine starts
+this program once per thread as a server instead: ``python -m builder.sandbox --server FD ENGINE_PID SCRATCH``.
+The server dies with the engine (PR_SET_PDEATHSIG), has imported everything a sandbox needs, and on the socket
+``FD`` it receives a spec's path (under ``SCRATCH``, the store's scratch directory) with the step's output pipe and
+the secrets pipe, if any. It forks a sandbox for it, which starts as the program above would (its output pipe as
+standard output and error, the secrets pipe if any, no other descriptor; it dies with the server), and
+answers with the sandbox's pid and a pidfd of it, through which the engine can kill it without a race; when the
+sandbox has exited, the server sends its wait status. The sandbox does nothing until its pidfd has been sent, so
+no sandbox runs that the engine cannot find (it reads what a dead server sent). The server exits when the engine
+closes the socket.
 """
 
 from __future__ import annotations
 
-import base64
+import binascii
 import fcntl
 import json
 import os
 import select
 import signal
-import socket
 import stat
 import struct
 import sys
-from typing import Any, NoReturn
 
 from builder import linux
+
+# A sandbox program may start once per RUN step, so it imports only what every step needs: typing only for the type
+# checker (the annotations are never evaluated), socket only for --network=none and the server.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 __all__ = ["SETUP_FAILED", "main"]
 
@@ -174,6 +189,8 @@ def _bind_file(source: str, root: str, target: str) -> None:
 
 
 def _loopback_up() -> None:
+    import socket
+
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         request = struct.pack("16sh", b"lo", 0)
         flags = struct.unpack("16sh", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
@@ -403,7 +420,7 @@ class _Mounter:
             linux.mount(
                 "secrets", self.secrets_dir, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, "mode=700"
             )
-        data = base64.b64decode(self.files.pop(0))
+        data = binascii.a2b_base64(self.files.pop(0))
         path = os.path.join(self.secrets_dir, str(index))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
@@ -430,9 +447,10 @@ def _make_mounts(spec: dict[str, Any]) -> None:
                 raise SetupError(f"mount {mount['target']}: {err.strerror or err}") from None
     finally:
         mounter.close()
-        # Written even when a mount failed: the engine removes whatever stubs were made.
-        with open(spec["stubs_file"], "x") as f:
-            json.dump(mounter.created, f)
+        # Written even when a mount failed: the engine removes whatever stubs were made (no file: none were).
+        if mounter.created:
+            with open(spec["stubs_file"], "x") as f:
+                json.dump(mounter.created, f)
 
 
 # ------------------------------------------------------------------------------------------------ the user
@@ -553,22 +571,24 @@ def _join_cgroups(procs: list[str]) -> None:
             _fail(f"cannot join the cgroup {os.path.dirname(path)}: {err.strerror or err}")
 
 
-def main(argv: list[str]) -> NoReturn:
+def _sandbox(argv: list[str], parent: int | None = None, private: int | None = None) -> NoReturn:
+    """The sandbox for the spec file ``argv[1]``. A server's sandbox is given the server's pid (its parent, else the
+    engine is) and the descriptor of the secrets pipe (else the spec names it)."""
     global _error_fd
     try:
         with open(argv[1], "rb") as f:
             spec = json.loads(f.read())
         _error_fd = os.open(spec["error_file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         if "private_fd" in spec:  # secrets: read before anything else, so the engine's writer never waits long
-            with open(spec["private_fd"], "rb", closefd=True) as f:
+            with open(spec["private_fd"] if private is None else private, "rb", closefd=True) as f:
                 spec["_private"] = json.loads(f.read())
     except (OSError, ValueError, IndexError, KeyError) as err:
         sys.stderr.write(f"sandbox: cannot read the spec: {err}\n")
         os._exit(SETUP_FAILED)
     try:
         linux.set_parent_death_signal(signal.SIGKILL)
-        if os.getppid() != spec["engine_pid"]:
-            os._exit(SETUP_FAILED)  # the engine died before the death signal was armed
+        if os.getppid() != (spec["engine_pid"] if parent is None else parent):
+            os._exit(SETUP_FAILED)  # the engine (or the server) died before the death signal was armed
         _join_cgroups(spec.get("cgroups", []))
         linux.unshare(linux.CLONE_NEWPID)
     except OSError as err:
@@ -591,6 +611,88 @@ def main(argv: list[str]) -> NoReturn:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda s, f: os.kill(init, s))
     os._exit(_wait_for(init))
+
+
+# ------------------------------------------------------------------------------------------------ the server
+
+_PRIVATE_FD = 3  # where a sandbox forked by the server has the secrets pipe
+
+
+def _serve(control_fd: int, engine_pid: int, scratch: str) -> NoReturn:
+    """Fork a sandbox for each spec the engine sends on ``control_fd``, one at a time (see the module's doc)."""
+    import socket
+
+    try:
+        linux.set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != engine_pid:
+            os._exit(SETUP_FAILED)  # the engine died before the death signal was armed
+        # A Ctrl-C reaches the whole process group: it is the engine's to act on (it stops us), and the sandbox's
+        # (which passes it to the command), not ours.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        control = socket.socket(fileno=control_fd)
+        os.close(os.pidfd_open(os.getpid()))  # without pidfds (Linux < 5.3), the engine starts a program per step
+        control.send(b"ready")
+        server = os.getpid()
+        within = os.path.join(scratch, "")
+        while True:
+            message, fds, _, _ = socket.recv_fds(control, 4096, 2)
+            if not message:
+                os._exit(0)  # the engine is done with us
+            path = os.fsdecode(message)
+            if len(fds) not in (1, 2) or not path.startswith(within) or ".." in path[len(within) :].split("/"):
+                for fd in fds:
+                    os.close(fd)
+                control.send(b"refused")
+                continue
+            go_read, go_write = os.pipe()
+            try:
+                child = os.fork()
+            except OSError as err:
+                for fd in (*fds, go_read, go_write):
+                    os.close(fd)
+                control.send(f"failed {err.errno}".encode())
+                continue
+            if child == 0:
+                os.close(go_write)  # so that the read below ends if the server dies
+                _forked(server, control_fd, go_read, path, fds[0], fds[1] if len(fds) > 1 else None)
+            for fd in (*fds, go_read):
+                os.close(fd)
+            pidfd = os.pidfd_open(child)
+            try:
+                socket.send_fds(control, [f"started {child}".encode()], [pidfd])
+            finally:
+                os.close(pidfd)
+            os.write(go_write, b"g")
+            os.close(go_write)
+            _, status = os.waitpid(child, 0)
+            control.send(f"exited {status}".encode())
+    except BaseException:  # the engine sees the socket close, and a sandbox running dies with us
+        os._exit(SETUP_FAILED)
+
+
+def _forked(server: int, control_fd: int, go: int, spec_path: str, output: int, private: int | None) -> NoReturn:
+    """The sandbox, in the child the server forked: set up as the program started for one spec would be."""
+    try:
+        os.close(control_fd)
+        if os.read(go, 1) != b"g":
+            os._exit(SETUP_FAILED)  # the server died before the engine had our pidfd: nothing may run
+        os.close(go)
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        if private is not None:
+            os.dup2(private, _PRIVATE_FD)
+        # As close_fds would: the container's init must hold no descriptor but these (runc CVE-2024-21626).
+        os.closerange(_PRIVATE_FD if private is None else _PRIVATE_FD + 1, os.sysconf("SC_OPEN_MAX"))
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh interpreter
+        _sandbox([sys.argv[0], spec_path], server, None if private is None else _PRIVATE_FD)
+    finally:
+        os._exit(SETUP_FAILED)
+
+
+def main(argv: list[str]) -> NoReturn:
+    if len(argv) == 5 and argv[1] == "--server":
+        _serve(int(argv[2]), int(argv[3]), argv[4])
+    _sandbox(argv)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ from builder.checksum import Checksums, StatCache, checksum_source
 from builder.commit import rfc3339, store_image
 from builder.context import load_ignore_rules
 from builder.errors import BuildError, DockerfileError, ImageNotFound
-from builder.executor import DEFAULT_HOSTNAME, RunSpec, run_container
+from builder.executor import DEFAULT_HOSTNAME, RunSpec, SandboxServers, run_container
 from builder.fetch import Downloaded, download
 from builder.frontend import instructions as ins
 from builder.frontend.gitref import GitRef, parse_git_ref
@@ -212,6 +212,7 @@ class _Solver:
         self.redactor = mounts.Redactor(options.secrets.values())  # no secret value reaches a log or an error
         self.dockerfile = str(options.dockerfile.absolute()) if options.dockerfile is not None else plan.path
         self.cache = CacheIndex(store.root)
+        self.sandboxes = SandboxServers(store.root / "tmp")  # fork the RUN sandboxes: see builder.executor
         self.build_id = ""
         self.stats: dict[bytes, StatCache] = {}
         self.report: list[StepReport] = []
@@ -511,6 +512,7 @@ class _Solver:
                         output,
                         self.unless_cancelled(self.progress.refresh),
                         cgroups=cgroup.procs if cgroup is not None else (),
+                        servers=self.sandboxes,
                     )
                     oom = status != 0 and cgroup is not None and cgroup.oom_killed()
             output.close()
@@ -963,7 +965,10 @@ class _Solver:
                 self.imported.append(imported)
             working = sum(1 + sum(_works(s) for s in stage.steps) for stage in self.plan.stages)
             self.progress.expect(working)
-            self.run_stages()
+            try:
+                self.run_stages()
+            finally:
+                self.sandboxes.close()  # every container is over
             target = self.plan.stage(self.plan.target)
             result = self.results[target.index]
             self.progress.status("writing image")

@@ -2,14 +2,15 @@
 
 A moment is the Nth operation that changes something on disk or starts a container, counted across all threads:
 renames, fsyncs, directory and link creation and removal, writes to the cache index (SQLite statements that
-change it), and starting a sandbox. ``PYBUILD_FAULT_AT=N`` kills the process just before the Nth such operation
+change it), starting a sandbox (a program of its own, or one a sandbox server forks: the engine sends the server
+its spec) and starting a sandbox server. ``PYBUILD_FAULT_AT=N`` kills the process just before the Nth such operation
 (a started sandbox: once its container is running), with SIGKILL or with the signal
 ``PYBUILD_FAULT_SIGNAL`` names (``TERM``, ``INT``); ``PYBUILD_FAULT_LOG=FILE``
 records every moment's name, one per line, so a test can run a build undisturbed, count its moments and choose
 where to strike.
 
-Nothing here is imported by pybuild: the counting is done by wrapping the ``os``, ``subprocess`` and ``sqlite3``
-functions in this process only, before the command line runs.
+Nothing here is imported by pybuild: the counting is done by wrapping the ``os``, ``socket``, ``subprocess`` and
+``sqlite3`` functions in this process only, before the command line runs.
 
     python tests/faultinject.py [pybuild arguments...]
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -118,9 +120,22 @@ def _install() -> None:
     def counting_popen(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
         popen_init(self, args, *rest, **kwargs)
         if isinstance(args, list | tuple) and "builder.sandbox" in map(str, args):
-            moment("sandbox", then=_container_running(str(args[-1])))
+            if "--server" in args:
+                moment("server")
+            else:
+                moment("sandbox", then=_container_running(str(args[-1])))
 
     subprocess.Popen.__init__ = counting_popen  # type: ignore[method-assign]
+    sendmsg = socket.socket.sendmsg
+
+    def counting_sendmsg(self: socket.socket, buffers: Any, *rest: Any) -> int:
+        sent = sendmsg(self, buffers, *rest)
+        data = b"".join(buffers)
+        if data.endswith(b"/spec.json"):  # a sandbox server asked to fork a sandbox
+            moment("sandbox", then=_container_running(os.fsdecode(data)))
+        return sent
+
+    socket.socket.sendmsg = counting_sendmsg  # type: ignore[method-assign]
 
 
 def main() -> int:

@@ -1,5 +1,6 @@
 """The RUN sandbox: ``run_container`` over a busybox snapshot, checked from inside (what a command sees) and from
-outside (what is left in the upper directory, in the process table and in our mount table afterwards)."""
+outside (what is left in the upper directory, in the process table and in our mount table afterwards). Every test
+that runs a container runs it both ways: started as a program of its own, and forked by a sandbox server."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import REPO, require_root
 
-from builder.executor import DEFAULT_HOSTNAME, RunSpec, SandboxError, run_container
+from builder.executor import DEFAULT_HOSTNAME, RunSpec, SandboxError, SandboxServers, run_container
 from builder.rootfs import ensure_skeleton
 from builder.sandbox import DEFAULT_CAPABILITIES
 from builder.snapshot import SnapshotStore
@@ -77,9 +79,10 @@ class Result:
 
 
 class Runner:
-    def __init__(self, tmp_path: Path, image: Image) -> None:
+    def __init__(self, tmp_path: Path, image: Image, servers: SandboxServers | None) -> None:
         self.tmp = tmp_path
         self.image = image
+        self.servers = servers  # None: each sandbox is a program of its own
         self.count = 0
 
     def scratch(self) -> Path:
@@ -94,13 +97,29 @@ class Runner:
         spec = RunSpec(argv=argv, **fields)  # type: ignore[arg-type]
         chunks: list[bytes] = []
         scratch = self.scratch()
-        status = run_container(scratch, lowers or self.image.busybox, spec, chunks.append)
+        status = run_container(scratch, lowers or self.image.busybox, spec, chunks.append, servers=self.servers)
         return Result(status, b"".join(chunks).decode(errors="replace"), scratch)
 
+    def sandboxes(self, scratch: Path) -> list[tuple[int, str]]:
+        """The sandbox and the container's init of ``scratch`` that are still running: a program started for its
+        spec names the spec; one forked by a server has the server's command line, which names our directory."""
+        if self.servers is None:
+            return processes_with(str(scratch / "spec.json"))
+        return [p for p in processes_with(f"{self.tmp} ") if p[0] not in self.server_pids()]
 
-@pytest.fixture
-def run(tmp_path: Path, image: Image) -> Runner:
-    return Runner(tmp_path, image)
+    def server_pids(self) -> set[int]:
+        return {server.proc.pid for server in self.servers._servers} if self.servers is not None else set()
+
+
+@pytest.fixture(params=["program", "server"])
+def run(request: pytest.FixtureRequest, tmp_path: Path, image: Image) -> Iterator[Runner]:
+    servers = SandboxServers(tmp_path) if request.param == "server" else None
+    try:
+        yield Runner(tmp_path, image, servers)
+    finally:
+        if servers is not None:
+            servers.close()
+            assert processes_with(f"{tmp_path} ") == [], "a server or a sandbox outlived close()"
 
 
 def processes_with(marker: str) -> list[tuple[int, str]]:
@@ -127,6 +146,13 @@ def unique_sleep() -> str:
 def wait_until_gone(marker: str, timeout: float = 5.0) -> list[tuple[int, str]]:
     deadline = time.monotonic() + timeout
     while (left := processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return left
+
+
+def wait_until_sandboxes_gone(run: Runner, scratch: Path, timeout: float = 5.0) -> list[tuple[int, str]]:
+    deadline = time.monotonic() + timeout
+    while (left := run.sandboxes(scratch)) and time.monotonic() < deadline:
         time.sleep(0.02)
     return left
 
@@ -406,6 +432,14 @@ def test_heredoc_script(run: Runner) -> None:
 # ---------------------------------------------------------------------------------------------- processes
 
 
+def test_init_holds_no_descriptor_of_the_engine_or_the_server(run: Runner) -> None:
+    result = run("ls /proc/1/fd")
+    assert result.status == 0, result.output
+    # Its output, the error file and the pipe that tells it the sandbox is alive (runc CVE-2024-21626: a descriptor
+    # of a host directory in init would be a way out through /proc/1/fd).
+    assert result.output.split() == ["0", "1", "2", "3", "4"]
+
+
 def test_leftover_processes_die_with_the_command(run: Runner) -> None:
     marker = unique_sleep()
     started = time.monotonic()
@@ -415,22 +449,23 @@ def test_leftover_processes_die_with_the_command(run: Runner) -> None:
     assert processes_with(marker) == []
 
 
-def _output_breaks(scratch: Path, lowers: list[Path], marker: str) -> None:
+def _output_breaks(run: Runner, scratch: Path, marker: str) -> None:
     def explode(chunk: bytes) -> None:
         assert len(processes_with(marker)) == 2, "the shell and its sleeper should be running by now"
+        assert len(run.sandboxes(scratch)) == 2, "the sandbox and the container's init should be running by now"
         raise RuntimeError("display broke")
 
     spec = RunSpec(argv=("/bin/sh", "-c", f"sleep {marker} & echo started; wait"), env=(PATH,))
     with pytest.raises(RuntimeError, match="display broke"):
-        run_container(scratch, lowers, spec, explode)
+        run_container(scratch, run.image.busybox, spec, explode, servers=run.servers)
 
 
 def test_everything_dies_when_reading_the_output_fails(run: Runner, image: Image) -> None:
     marker = unique_sleep()
     scratch = run.scratch()
-    _output_breaks(scratch, image.busybox, marker)
+    _output_breaks(run, scratch, marker)
     assert wait_until_gone(marker) == []
-    assert wait_until_gone(str(scratch / "spec.json")) == []  # the sandbox and the container's init
+    assert wait_until_sandboxes_gone(run, scratch) == []  # the sandbox and the container's init
 
 
 def test_everything_is_gone_when_run_container_returns_after_a_failure(run: Runner, image: Image) -> None:
@@ -438,24 +473,48 @@ def test_everything_is_gone_when_run_container_returns_after_a_failure(run: Runn
     for _ in range(5):  # the race is lost about 4 times in 5; five in a row leaves it no chance to hide
         marker = unique_sleep()
         scratch = run.scratch()
-        _output_breaks(scratch, image.busybox, marker)
-        survivors.extend(processes_with(marker) + processes_with(str(scratch / "spec.json")))
+        _output_breaks(run, scratch, marker)
+        survivors.extend(processes_with(marker) + run.sandboxes(scratch))
         wait_until_gone(marker)
     assert survivors == []
+
+
+@pytest.mark.parametrize("run", ["server"], indirect=True)
+def test_a_server_is_used_again_and_replaced_when_it_is_gone(run: Runner) -> None:
+    assert run("echo one").output == "one\n"
+    (first,) = run.server_pids()
+    assert run("echo two").output == "two\n"
+    assert run.server_pids() == {first}, "one server forks the sandbox of every step"
+    os.kill(first, signal.SIGKILL)
+    os.waitid(os.P_PID, first, os.WEXITED | os.WNOWAIT)
+    assert run("echo three").output == "three\n"  # found gone when asked: this sandbox is a program of its own
+    assert run("echo four").output == "four\n"
+    assert len(run.server_pids() - {first}) == 1, "the next step has a new server"
+
+
+@pytest.mark.parametrize("run", ["server"], indirect=True)
+def test_a_server_refuses_a_spec_outside_its_directory(run: Runner, tmp_path_factory: pytest.TempPathFactory) -> None:
+    assert run("true").status == 0  # the server is started
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    spec = RunSpec(argv=("/bin/sh", "-c", "echo ran"), env=(PATH,))
+    with pytest.raises(SandboxError, match="refused"):
+        run_container(elsewhere, run.image.busybox, spec, lambda chunk: None, servers=run.servers)
+    assert run("echo after").output == "after\n"
 
 
 ENGINE = """
 import os
 import sys
 from pathlib import Path
-from builder.executor import RunSpec, run_container
+from builder.executor import RunSpec, SandboxServers, run_container
 scratch, *lowers = sys.argv[1:]
 marker = os.environ["MARKER"]  # not in our own command line, where the test looks for the sleeper
+servers = SandboxServers(Path(scratch).parent) if os.environ["SERVERS"] else None
 spec = RunSpec(argv=("/bin/sh", "-c", f"sleep {marker} & echo started; wait"), env=("PATH=/bin",))
 def show(chunk):
     sys.stdout.buffer.write(chunk)
     sys.stdout.flush()
-run_container(Path(scratch), [Path(p) for p in lowers], spec, show)
+run_container(Path(scratch), [Path(p) for p in lowers], spec, show, servers=servers)
 """
 
 
@@ -467,13 +526,13 @@ def test_everything_dies_with_the_engine(run: Runner, image: Image, signum: int)
         [sys.executable, "-c", ENGINE, str(scratch), *map(str, image.busybox)],
         stdout=subprocess.PIPE,
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), "MARKER": marker},
+        env={**os.environ, "PYTHONPATH": str(REPO), "MARKER": marker, "SERVERS": "1" if run.servers else ""},
     )
     try:
         assert engine.stdout is not None
         assert engine.stdout.readline() == b"started\n"
-        sandbox = processes_with(str(scratch / "spec.json"))
-        assert len(sandbox) == 2, sandbox  # the sandbox and the container's init
+        sandbox = processes_with(str(scratch / "spec.json") if run.servers is None else f"{run.tmp} ")
+        assert len(sandbox) == (2 if run.servers is None else 3), sandbox  # (the server,) the sandbox and init
         assert len(processes_with(marker)) == 2  # the shell and its sleeper
         engine.send_signal(signum)
         assert engine.wait(5) == -signum
@@ -483,6 +542,7 @@ def test_everything_dies_with_the_engine(run: Runner, image: Image, signum: int)
             engine.wait()
     assert wait_until_gone(marker) == []
     assert wait_until_gone(str(scratch / "spec.json")) == []
+    assert wait_until_gone(f"{run.tmp} ") == []  # the server, its sandbox and the container's init
 
 
 # ------------------------------------------------------------------------------------------------- output
@@ -500,6 +560,7 @@ def test_output_streams_and_idle_is_called(run: Runner, image: Image) -> None:
         spec,
         lambda chunk: chunks.append((time.monotonic() - started, chunk)),
         lambda: idles.append(time.monotonic() - started),
+        servers=run.servers,
     )
     ended = time.monotonic() - started
     assert status == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -157,6 +158,17 @@ def test_a_failing_run_names_the_step_its_line_and_the_exit_code(tmp_path: Path,
     assert run_pybuild("inspect", "broken").code == 1, "a failed build tags nothing"
     tmp = Path(os.environ["PYBUILD_ROOT"]) / "tmp"
     assert not tmp.exists() or list(tmp.iterdir()) == [], "the failed step's scratch directory is removed"
+
+
+def test_the_run_steps_of_a_build_are_forked_by_one_sandbox_server(tmp_path: Path, busybox: str) -> None:
+    """A new interpreter per RUN costs more than a trivial step: the build starts one sandbox server (per thread that
+    runs stages), and each container's init is a fork of it, so it shows the server's command line."""
+    steps = "".join(f"RUN echo step{n}: $(tr '\\0' ' ' < /proc/1/cmdline)\n" for n in range(3))
+    result = build(str(context(tmp_path, "FROM busybox\n" + steps)))
+    assert result.code == 0, result
+    shown = [m.group(1) for m in re.finditer(r"^#\d+ [\d.]+ step\d: (.*)$", result.err, re.MULTILINE)]
+    assert len(shown) == 3 and len(set(shown)) == 1, result.err
+    assert "-m builder.sandbox --server" in shown[0], shown
 
 
 def test_a_run_that_changes_nothing_adds_no_layer(tmp_path: Path, busybox: str) -> None:

@@ -55,7 +55,8 @@ def run_floor(workload: Workload, context: Path, base_rootfs: Path, scratch: Pat
     """Seconds the workload's RUN commands take natively, in a chroot of a fresh copy of the base."""
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         root = Path(tmp) / "root"
-        subprocess.run(["tar", "-xf", str(base_rootfs), "-C", tmp, "--one-top-level=root"], check=True)
+        root.mkdir()
+        subprocess.run(["tar", "-xf", str(base_rootfs), "-C", str(root)], check=True)
         shutil.copytree(context / "app", root / "app")
         resolv = root / "etc" / "resolv.conf"
         resolv.unlink(missing_ok=True)

@@ -59,7 +59,7 @@ def make_bases(work: Path, needed: set[str]) -> tuple[dict[str, Path], dict[str,
         rootfs[DEBIAN] = bases / "debian.tar"
         if not rootfs[DEBIAN].exists():
             say("making the Debian base (mmdebstrap --variant=minbase bookworm)")
-            partial = bases / "debian.tar.part"
+            partial = bases / "debian.part.tar"  # mmdebstrap picks its output format from the name
             quiet(["mmdebstrap", "--variant=minbase", "--quiet", "bookworm", str(partial)])
             partial.rename(rootfs[DEBIAN])
     env = {**os.environ, "PYBUILD_ROOT": str(bases / "store"), "PYTHONPATH": str(REPO)}
@@ -170,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
 
     chosen_keys = set(keys)
     needed = {BUSYBOX} | ({DEBIAN} if "W6" in chosen_keys else set())
-    rootfs, archives = make_bases(work, needed)
-    loops = calibrate(rootfs[BUSYBOX], work, args.stage_seconds) if "W5" in chosen_keys else 0
+    try:
+        rootfs, archives = make_bases(work, needed)
+        loops = calibrate(rootfs[BUSYBOX], work, args.stage_seconds) if "W5" in chosen_keys else 0
+    except BenchError as err:
+        print(f"bench: {err}", file=sys.stderr)
+        return 1
     chosen = [w for w in workloads(args.scale, loops) if w.key in chosen_keys]
 
     dockerd = Dockerd()

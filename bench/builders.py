@@ -149,6 +149,10 @@ class Pybuild(Builder):
         for tag in sorted(self.tags):
             quiet(self._cli("rmi", "-f", tag), self.env, check=False)
         quiet(self._cli("cache", "prune", "-a", "-f"), self.env)
+        # pybuild remembers the compressed copy of every layer it exported, the base's too; skopeo, which writes
+        # the peers' layouts, compresses every layer each time. Forgotten here, so that each cold export
+        # compresses the base as the peers' do (prune then removes the copies).
+        shutil.rmtree(self.root / "compressed", ignore_errors=True)
         quiet(self._cli("prune", "-f"), self.env)
 
     def build(self, context: Path, tag: str) -> Sample:

@@ -27,7 +27,6 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -35,14 +34,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder.cachekey import Files
-from builder.checksum import StatRow
 from builder.errors import BuildError
 from oci.canonical import canonical_json
 from oci.descriptor import Descriptor
 from oci.digest import Digest
 from oci.errors import StoreFull
 from oci.store import pid_alive
+
+# Only type checkers read this block: the index stores what cachekey and checksum make without importing them (the
+# front end, the plan), so that a verb that only guards the store (pull, import) does not load them.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from builder.cachekey import Files
+    from builder.checksum import StatRow
 
 __all__ = ["CacheEntry", "CacheIndex", "CacheIndexError", "INDEX_FILE", "store_guard"]
 
@@ -160,7 +164,7 @@ def _iso(moment: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
 
 
-def _entry(row: sqlite3.Row) -> CacheEntry:
+def _entry(row: sqlite3.Row, known: dict[str, tuple[Descriptor, Digest]]) -> CacheEntry:
     layer = Descriptor.from_json(json.loads(row["layer"])) if row["layer"] else None
     return CacheEntry(
         key=Digest.parse(row["key"]),
@@ -177,10 +181,22 @@ def _entry(row: sqlite3.Row) -> CacheEntry:
         created=row["created"],
         last_used=row["last_used"],
         hits=row["hits"],
-        parents=tuple(
-            (Descriptor.from_json(layer), Digest.parse(diff_id)) for layer, diff_id in json.loads(row["parents"])
-        ),
+        parents=_parents(row["parents"], known),
     )
+
+
+def _parents(text: str, known: dict[str, tuple[Descriptor, Digest]]) -> tuple[tuple[Descriptor, Digest], ...]:
+    """The layers under an entry's. A step's are the step before's and one more, so the entries of a build repeat
+    the same layers over and over: ``known`` keeps each (layer, diff_id) pair parsed, by the repr of its JSON."""
+    parents = []
+    for pair in json.loads(text):
+        key = repr(pair)
+        parsed = known.get(key)
+        if parsed is None:
+            layer, diff_id = pair
+            parsed = known[key] = (Descriptor.from_json(layer), Digest.parse(diff_id))
+        parents.append(parsed)
+    return tuple(parents)
 
 
 class CacheIndexError(BuildError):
@@ -238,6 +254,7 @@ class CacheIndex:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        self._parents: dict[str, tuple[Descriptor, Digest]] = {}  # see _parents
         with self.transaction() as db:
             db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
             row = db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
@@ -296,18 +313,18 @@ class CacheIndex:
 
     def get(self, key: Digest) -> CacheEntry | None:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM entries WHERE key = ?", (str(key),)).fetchone()
-        return _entry(row) if row is not None else None
+        return _entry(row, self._parents) if row is not None else None
 
     def find(self, prefix: str) -> list[CacheEntry]:
         """Entries whose key starts with ``prefix`` (with or without ``sha256:``)."""
         text = prefix if ":" in prefix else f"sha256:{prefix}"
         escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM entries WHERE key LIKE ? ESCAPE '\\'", (escaped + "%",))
-        return [_entry(row) for row in rows]
+        return [_entry(row, self._parents) for row in rows]
 
     def entries(self) -> list[CacheEntry]:
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM entries ORDER BY last_used DESC, key")
-        return [_entry(row) for row in rows]
+        return [_entry(row, self._parents) for row in rows]
 
     def candidates(self, stage: str, line: int, limit: int = 64) -> list[CacheEntry]:
         """The most recently used entries made at this stage and line (to explain a miss)."""
@@ -315,7 +332,7 @@ class CacheIndex:
             f"SELECT {_COLUMNS} FROM entries WHERE stage = ? AND line = ? ORDER BY last_used DESC LIMIT ?",
             (stage, line, limit),
         )
-        return [_entry(row) for row in rows]
+        return [_entry(row, self._parents) for row in rows]
 
     def files(self, key: Digest) -> Files | None:
         row = self._db.execute("SELECT files FROM entries WHERE key = ?", (str(key),)).fetchone()
@@ -396,7 +413,7 @@ class CacheIndex:
     # -------------------------------------------------------------------------------------------- builds
 
     def start_build(self, dockerfile: str) -> str:
-        build = uuid.uuid4().hex
+        build = os.urandom(16).hex()  # random, like uuid4().hex, without importing uuid (which imports platform)
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO builds (id, pid, started, dockerfile) VALUES (?, ?, ?, ?)",

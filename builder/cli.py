@@ -499,7 +499,6 @@ def cmd_build(ctx: _Context) -> int:
         ctx.out.write(_json(plan.to_json(), indent=2, ensure_ascii=False) + "\n")
         return 0
     from builder import cgroups
-    from builder.cacheshare import check_cache_destination, parse_cache_option
     from builder.mounts import parse_allow, read_agents, read_secrets
     from builder.plan import check_dockerfile
     from builder.progress import Progress
@@ -526,6 +525,8 @@ def cmd_build(ctx: _Context) -> int:
     if sum(spec.to_stdout for spec in outputs) > 1:
         raise UsageError("only one --output can write to standard output")
     names = _parse_refs(request.tags)
+    if args.cache_from or args.cache_to:  # only a build that shares its cache needs the cache formats
+        from builder.cacheshare import check_cache_destination, parse_cache_option
     cache_from = tuple(parse_cache_option(text, "--cache-from") for text in args.cache_from)
     cache_to = tuple(parse_cache_option(text, "--cache-to") for text in args.cache_to)
     for spec in cache_to:

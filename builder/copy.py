@@ -278,7 +278,7 @@ def lookup_user(view: RootView, spec: str, what: str = "--chown") -> tuple[int, 
 
 # -------------------------------------------------------------------------------------------------- modes
 
-_SYMBOLIC = re.compile(r"([ugoa]*)([-+=])([rwxXst]*|[ugo])")
+_SYMBOLIC = r"([ugoa]*)([-+=])([rwxXst]*|[ugo])"  # compiled (by re, once) when a --chmod is symbolic
 
 
 def parse_chmod(text: str) -> Callable[[int, bool], int] | None:
@@ -290,7 +290,7 @@ def parse_chmod(text: str) -> Callable[[int, bool], int] | None:
         return lambda mode, is_dir: value
     clauses = []
     for clause in text.split(","):
-        match = _SYMBOLIC.fullmatch(clause)
+        match = re.fullmatch(_SYMBOLIC, clause)
         if match is None:
             raise CopyError(f"invalid chmod parameter {text!r}")
         clauses.append(match.groups())

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import BuildError
+from builder.plan import DEFAULT_HOSTNAME
 
 __all__ = [
     "DEFAULT_HOSTNAME",
@@ -47,7 +48,6 @@ __all__ = [
     "run_container",
 ]
 
-DEFAULT_HOSTNAME = "buildkitsandbox"
 _SETUP_FAILED = 125
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 #: The sandbox needs only the standard library and this package (on PYTHONPATH): no site (its .pth files, an

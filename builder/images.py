@@ -37,6 +37,7 @@ __all__ = [
     "base_config",
     "filter_images",
     "find_image",
+    "image_by_name",
     "image_history",
     "inspect_image",
     "list_images",
@@ -47,7 +48,7 @@ __all__ = [
     "uncompressed_size",
 ]
 
-_ID_PREFIX = re.compile(r"(?:sha256:)?([a-f0-9]{1,64})")
+_ID_PREFIX = r"(?:sha256:)?([a-f0-9]{1,64})"  # compiled (by re, once) when an image is named by its ID
 _CHUNK = 1 << 20
 
 
@@ -101,15 +102,17 @@ _Loaded = tuple[Reference | None, Descriptor, Image | None]
 
 def _loaded(layout: ImageLayout, platform: Platform) -> list[_Loaded]:
     """Every index entry with its image view (None where its content is missing or broken)."""
-    result = []
-    for ref, desc in _named_entries(layout):
-        try:
-            image: Image | None = layout.image(desc, platform)
-            image.config  # type: ignore[union-attr]  # noqa: B018 - load and check it once, here
-        except OCIError:
-            image = None
-        result.append((ref, desc, image))
-    return result
+    return [(ref, desc, _load(layout, desc, platform)) for ref, desc in _named_entries(layout)]
+
+
+def _load(layout: ImageLayout, desc: Descriptor, platform: Platform) -> Image | None:
+    """The image of an index entry, its config loaded and checked once, here (None if missing or broken)."""
+    try:
+        image = layout.image(desc, platform)
+        image.config  # noqa: B018
+    except OCIError:
+        return None
+    return image
 
 
 @dataclass(frozen=True)
@@ -153,8 +156,26 @@ def find_image(layout: ImageLayout, name: str, platform: Platform) -> tuple[Imag
     return resolved.image, list(resolved.names)
 
 
+def image_by_name(layout: ImageLayout, name: str, platform: Platform) -> Image:
+    """The image ``name`` refers to, as ``find_image`` finds it. A reference the store holds (a base image, in a
+    build) loads that image alone, not every image of the store as finding its other names or an ID does: a store
+    gains an untagged image each time a tag moves."""
+    try:
+        wanted: Reference | None = Reference.parse(name)
+    except InvalidReference:
+        wanted = None
+    if wanted is not None:
+        desc = next((desc for ref, desc in _named_entries(layout) if ref == wanted), None)
+        if desc is not None:
+            image = _load(layout, desc, platform)
+            if image is None:
+                raise ImageNotFound(f"{name}: the image's content is missing or broken")
+            return image
+    return resolve_image(layout, name, platform).image
+
+
 def _by_id(entries: list[_Loaded], name: str) -> Image:
-    match = _ID_PREFIX.fullmatch(name)
+    match = re.fullmatch(_ID_PREFIX, name)
     if match is None:
         raise ImageNotFound(f"no such image: {name}")
     prefix = match.group(1)
@@ -281,8 +302,7 @@ def inspect_image(layout: ImageLayout, name: str, platform: Platform) -> dict[st
 def base_config(layout: ImageLayout, ref: str, platform: Platform) -> ImageConfig | None:
     """The config of a base image the store holds (by reference), or None if it holds none."""
     try:
-        image, _ = find_image(layout, ref, platform)
-        return image.config
+        return image_by_name(layout, ref, platform).config
     except (ImageNotFound, OCIError):
         return None
 

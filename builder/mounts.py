@@ -31,10 +31,8 @@ security.insecure``, and cache mounts while the cache-mount store is missing.
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import posixpath
-import selectors
 import shutil
 import stat
 import tempfile
@@ -47,11 +45,15 @@ from typing import Any
 from builder.checksum import Checksums, StatCache, checksum_source
 from builder.copy import ContextTree, CopyError, ImageTree, SourceTree, check_inside, resolve
 from builder.errors import BuildError, UsageError
-from builder.executor import MountPoint
 from builder.frontend import instructions as ins
 from builder.frontend.runmount import MountSpec
 from builder.plan import Source, Step
 from builder.snapshot import RootView
+
+# A cached RUN needs only the key of its mounts: the executor's types come with the first run (``prepared``).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from builder.executor import MountPoint
 
 __all__ = [
     "ENTITLEMENTS",
@@ -103,6 +105,8 @@ class Secrets:
 
 
 def _csv_fields(text: str, option: str) -> list[str]:
+    import csv  # here, not at the top: only a build with --secret or --ssh needs it
+
     try:
         rows = list(csv.reader([text]))
     except csv.Error as err:
@@ -364,6 +368,8 @@ def _mirrored(tree: ContextTree, rel: str, into: Path) -> Path:
 
 
 def _bind(spec: MountSpec, root: BindRoot, target: str, scratch: Path) -> MountPoint:
+    from builder.executor import MountPoint
+
     rel, _ = _resolved(root, spec.source, target)
     lowers = root.lowers()
     if root.context is not None and _whiteouts(root.context, rel, scratch / "hidden"):
@@ -424,6 +430,8 @@ def _set_metadata(path: Path, st: os.stat_result, owners: bool) -> None:
 def _cache(
     spec: MountSpec, source: Source | None, target: str, roots: Roots, caches: Any, stack: contextlib.ExitStack
 ) -> MountPoint:
+    from builder.executor import MountPoint
+
     seed: Callable[[Path], None] | None = None
     if spec.from_:
         root = roots(source)
@@ -471,6 +479,7 @@ class _AgentProxy:
         self._thread.start()
 
     def _serve(self) -> None:
+        import selectors
         import socket
 
         selector = selectors.DefaultSelector()
@@ -553,6 +562,8 @@ def prepared(
 ) -> Iterator[Prepared]:
     """The mounts of one run of ``step``, held (cache directories locked, agent sockets forwarded) until the
     ``with`` ends. ``scratch`` is a private directory of the step's, removed by the caller afterwards."""
+    from builder.executor import MountPoint
+
     secrets = secrets if secrets is not None else Secrets()
     agents = agents or {}
     points: list[MountPoint] = []

@@ -56,6 +56,7 @@ __all__ = [
 ]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_HOSTNAME = "buildkitsandbox"  # a RUN's, unless the build arg BUILDKIT_SANDBOX_HOSTNAME names another
 DEFAULT_SHELL = ("/bin/sh", "-c")
 HISTORY_COMMENT = "buildkit.dockerfile.v0"
 PROXY_ARGS = ("http_proxy", "https_proxy", "ftp_proxy", "no_proxy", "all_proxy")
@@ -70,7 +71,8 @@ BUILTIN_ARGS = (
     "BUILDKIT_DOCKERFILE_CHECK",
     "SOURCE_DATE_EPOCH",
 )
-_CHMOD_SYMBOLIC = re.compile(r"^([ugoa]*[-+=]([rwxXst]*|[ugo]))+(,([ugoa]*[-+=]([rwxXst]*|[ugo]))+)*$")
+# Rare patterns stay text, compiled by re (and kept in its cache) when first used: not at every start-up.
+_CHMOD_SYMBOLIC = r"^([ugoa]*[-+=]([rwxXst]*|[ugo]))+(,([ugoa]*[-+=]([rwxXst]*|[ugo]))+)*$"
 
 BaseConfigs = Callable[[str, Platform], ImageConfig | None]
 
@@ -351,7 +353,7 @@ def _check_chmod(chmod: str) -> None:
                 f"invalid chmod parameter: '{chmod}'. it should be octal string and between 0 and 07777"
             )
         return
-    if not _CHMOD_SYMBOLIC.match(chmod):
+    if not re.match(_CHMOD_SYMBOLIC, chmod):
         raise DockerfileError(f"invalid chmod parameter: '{chmod}'. it should be octal string and between 0 and 07777")
 
 

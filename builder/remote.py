@@ -153,13 +153,12 @@ class Remote:
         return found
 
     def local(self, ref: Reference, platform: Platform) -> Image | None:
-        from builder.images import ImageNotFound, find_image
+        from builder.images import ImageNotFound, image_by_name
 
         try:
-            image, _ = find_image(self.store.layout, str(ref), platform)
+            return image_by_name(self.store.layout, str(ref), platform)
         except (ImageNotFound, OCIError):
             return None
-        return image
 
     def base_config(self, name: str, platform: Platform) -> ImageConfig | None:
         """A base image's config for the planner: from the store, else from the registry (config blob only).

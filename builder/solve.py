@@ -27,11 +27,9 @@ build's start time; ``SOURCE_DATE_EPOCH`` replaces every such time and clamps ev
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import errno
 import functools
-import hashlib
 import os
 import stat
 import sys
@@ -46,23 +44,17 @@ from builder import cachekey, cgroups, mounts
 from builder import copy as copying
 from builder.cache import CacheEntry, CacheIndex
 from builder.cachekey import Files, Record
-from builder.cachemounts import CacheMountStore
-from builder.cacheshare import CacheSpec, ImportedCache, write_cache
 from builder.checksum import Checksums, StatCache, checksum_source
 from builder.commit import rfc3339, store_image
 from builder.context import load_ignore_rules
 from builder.errors import BuildError, DockerfileError, ImageNotFound
-from builder.executor import DEFAULT_HOSTNAME, RunSpec, SandboxServers, run_container
-from builder.fetch import Downloaded, download
 from builder.frontend import instructions as ins
-from builder.frontend.gitref import GitRef, parse_git_ref
-from builder.gitsource import Resolved, checkout, resolve
-from builder.images import find_image
+from builder.frontend.gitref import parse_git_ref
+from builder.images import image_by_name
 from builder.limits import limit_hint
 from builder.mounts import BindRoot, Secrets
-from builder.plan import DEFAULT_PATH, HISTORY_COMMENT, BuildPlan, PlannedStage, Source, Step
+from builder.plan import DEFAULT_HOSTNAME, DEFAULT_PATH, HISTORY_COMMENT, BuildPlan, PlannedStage, Source, Step
 from builder.progress import Progress, StepProgress
-from builder.remote import Remote
 from builder.root import Store
 from builder.rootfs import Rootfs, ensure_skeleton
 from builder.snapshot import RootView, SnapshotStore, remove_dir, upper_items
@@ -76,6 +68,22 @@ from oci.frozen import FrozenMap
 from oci.image import Image, load_image
 from oci.layer import LayerItem, tree_items, write_layer
 from oci.layout import ImageLayout
+
+# A fully cached build runs nothing, downloads nothing and shares no cache: what only a step that runs (the
+# sandbox, cache mounts), an ADD of a URL or a git repository, --cache-from/--cache-to or parallel stages need is
+# imported where it is used (tests/builder/test_startup.py keeps it so). Names only annotations use come from this
+# block, which only type checkers read.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import concurrent.futures
+
+    from builder.cachemounts import CacheMountStore
+    from builder.cacheshare import CacheSpec, ImportedCache
+    from builder.executor import SandboxServers
+    from builder.fetch import Downloaded
+    from builder.frontend.gitref import GitRef
+    from builder.gitsource import Resolved
+    from builder.remote import Remote
 
 __all__ = ["BuildOptions", "BuildResult", "solve"]
 
@@ -208,11 +216,14 @@ class _Solver:
         self._images: dict[tuple[str, str], Image] = {}
         self._skeleton: Path | None = None
         self.hostname = options.build_args.get("BUILDKIT_SANDBOX_HOSTNAME", "") or DEFAULT_HOSTNAME
-        self.cache_mounts = CacheMountStore(store.root)
+        # Made by the first RUN that runs (a cached build needs neither): the cache mounts, and the servers that
+        # fork the sandboxes (see builder.executor). Not under ``_lock``, which a pull can hold for long.
+        self._cache_mounts: CacheMountStore | None = None
+        self._sandboxes: SandboxServers | None = None
+        self._made = threading.Lock()
         self.redactor = mounts.Redactor(options.secrets.values())  # no secret value reaches a log or an error
         self.dockerfile = str(options.dockerfile.absolute()) if options.dockerfile is not None else plan.path
         self.cache = CacheIndex(store.root)
-        self.sandboxes = SandboxServers(store.root / "tmp")  # fork the RUN sandboxes: see builder.executor
         self.build_id = ""
         self.stats: dict[bytes, StatCache] = {}
         self.report: list[StepReport] = []
@@ -257,7 +268,7 @@ class _Solver:
                 # Found and leased under the guard: a prune cannot take it between the two, even if its tag moves.
                 with self.cache.guard():
                     if remote is None:
-                        image, _ = find_image(self.store.layout, ref, platform)
+                        image = image_by_name(self.store.layout, ref, platform)
                     else:
                         image = remote.image(ref, platform, on_status)
                     self.cache.lease_image(self.build_id, image.descriptor)
@@ -334,6 +345,22 @@ class _Solver:
             _, rules = load_ignore_rules(self.options.context, self.options.dockerfile)
             self._context_tree = copying.ContextTree(self.options.context, rules)
         return self._context_tree
+
+    def cache_mounts(self) -> CacheMountStore:
+        with self._made:
+            if self._cache_mounts is None:
+                from builder.cachemounts import CacheMountStore
+
+                self._cache_mounts = CacheMountStore(self.store.root)
+            return self._cache_mounts
+
+    def sandboxes(self) -> SandboxServers:
+        with self._made:
+            if self._sandboxes is None:
+                from builder.executor import SandboxServers
+
+                self._sandboxes = SandboxServers(self.store.root / "tmp")
+            return self._sandboxes
 
     def view(self, rootfs: Rootfs) -> RootView:
         self.fetch_imported(rootfs)
@@ -474,6 +501,8 @@ class _Solver:
         return step.instruction.network or self.options.network
 
     def run(self, stage: PlannedStage, step: Step, rootfs: Rootfs, out: StepProgress) -> Rootfs:
+        from builder.executor import RunSpec, run_container
+
         network = self.network(step)
         env = list(step.env) + list(step.proxy_env)
         if not any(e.split("=", 1)[0] == "PATH" for e in env):
@@ -490,7 +519,7 @@ class _Solver:
                 env=env,
                 secrets=self.options.secrets,
                 agents=self.options.ssh,
-                caches=self.cache_mounts,
+                caches=self.cache_mounts() if any(m.type == "cache" for m in step.mounts) else None,
             ) as ready:
                 spec = RunSpec(
                     argv=step.argv,
@@ -512,7 +541,7 @@ class _Solver:
                         output,
                         self.unless_cancelled(self.progress.refresh),
                         cgroups=cgroup.procs if cgroup is not None else (),
-                        servers=self.sandboxes,
+                        servers=self.sandboxes(),
                     )
                     oom = status != 0 and cgroup is not None and cgroup.oom_killed()
             output.close()
@@ -569,6 +598,8 @@ class _Solver:
         try:
             sources: list[copying.CopySource] = []
             if source.kind == "url":
+                from builder.fetch import download
+
                 assert isinstance(instruction, ins.Add)
                 for number, url in enumerate(instruction.sources):
                     got = inputs.downloads.get(url)
@@ -579,6 +610,8 @@ class _Solver:
                     tree = copying.MemoryTree(got.name, 0o600, got.mtime, path=got.path)
                     sources.append(copying.CopySource(tree, got.name, unpack=bool(instruction.unpack)))
             elif source.kind == "git":
+                from builder.gitsource import checkout
+
                 assert isinstance(instruction, ins.Add)
                 for number, text in enumerate(instruction.sources):
                     git, resolved = inputs.gits.get(text) or self.git_source(instruction, text, inputs)
@@ -772,6 +805,10 @@ class _Solver:
         sources: list[Record] = []
         source = step.source or Source("context")
         if source.kind == "url":
+            import hashlib
+
+            from builder.fetch import download
+
             assert isinstance(instruction, ins.Add)
             for url in instruction.sources:
                 inputs.checksums.append(None)
@@ -838,6 +875,8 @@ class _Solver:
 
     def git_source(self, instruction: ins.Add, text: str, inputs: _Inputs) -> tuple[GitRef, Resolved]:
         """An ADD git source and the commit its ref names now (remembered for the checkout on a miss)."""
+        from builder.gitsource import resolve
+
         git = parse_git_ref(text)
         assert git is not None  # the plan made it a git source
         if instruction.checksum:
@@ -958,6 +997,8 @@ class _Solver:
         cgroups.sweep()  # the step cgroups of engines killed before they could remove them
         self.build_id = self.cache.start_build(self.dockerfile)
         try:
+            if self.options.cache_from:
+                from builder.cacheshare import ImportedCache
             for spec in self.options.cache_from:
                 imported = ImportedCache.open(spec, self.options.remote)
                 if imported.warning:
@@ -968,7 +1009,8 @@ class _Solver:
             try:
                 self.run_stages()
             finally:
-                self.sandboxes.close()  # every container is over
+                if self._sandboxes is not None:
+                    self._sandboxes.close()  # every container is over
             target = self.plan.stage(self.plan.target)
             result = self.results[target.index]
             self.progress.status("writing image")
@@ -995,6 +1037,8 @@ class _Solver:
             for stage in stages:
                 self.results[stage.index] = self.stage(stage)
             return
+        import concurrent.futures
+
         pending = {stage.index: stage for stage in stages}
         running: dict[concurrent.futures.Future[StageResult], int] = {}
         with concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="stage") as pool:
@@ -1023,6 +1067,8 @@ class _Solver:
     def export_cache(self, spec: CacheSpec, target: PlannedStage) -> None:
         """``--cache-to``: ``mode=min`` exports the entries of the image's own layers (the target stage and the
         stages it is built FROM), ``mode=max`` every entry this build used or made, as BuildKit's modes do."""
+        from builder.cacheshare import write_cache
+
         stages = [stage.index for stage in self.plan.stages]
         if spec.mode == "min":
             stages, index = [], target.index

@@ -10,7 +10,6 @@ wildcards).
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable
 from functools import lru_cache
 
@@ -33,8 +32,10 @@ _ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t
 
 def _printable(ch: str) -> bool:
     """Go's unicode.IsPrint: letters, marks, numbers, punctuation, symbols and the ASCII space."""
-    if ch == " ":
+    if " " <= ch <= "~":  # ASCII's printable characters, the space among them: no Unicode table needed
         return True
+    import unicodedata  # here, not at the top: loading its tables costs a millisecond a build need not pay
+
     return unicodedata.category(ch)[0] in "LMNPS"
 
 

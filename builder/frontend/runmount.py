@@ -44,7 +44,8 @@ _KEYS = (
     "size",
 )
 _BARE = ("readonly", "ro", "readwrite", "rw", "required")
-_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)*) ?([kKmMgGtTpP])?[iI]?[bB]?$")  # go-units RAMInBytes (Go's \d is ASCII)
+# go-units RAMInBytes (Go's \d is ASCII); compiled (by re, once) when a tmpfs mount gives a size
+_SIZE = r"^([0-9]+(?:\.[0-9]+)*) ?([kKmMgGtTpP])?[iI]?[bB]?$"
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
 _VARIABLE = re.compile(r"\$.")
 
@@ -143,7 +144,7 @@ def _uint(key: str, value: str, base: int) -> int:
 
 
 def _size(value: str) -> int:
-    match = _SIZE.match(value)
+    match = re.match(_SIZE, value)
     invalid = DockerfileError(f"invalid value for size: {value}")
     if match is None:
         raise invalid

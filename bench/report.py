@@ -139,27 +139,15 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
             per_step = (cold - statistics.median(w3["floors"]["run"])) / w3["steps"] * 1000
             found.append(("W3 per-step overhead of a trivial RUN ≤ 25 ms", f"{per_step:.0f} ms", per_step <= 25))
     w2 = workloads.get("W2")
-    if w2 and "store" in w2.get("floors", {}):
-        cold = _median(w2["builders"].get("pybuild", []), "cold")
-        if cold is not None:
-            floor = statistics.median(w2["floors"]["store"])
-            found.append(
-                (
-                    "W2 COPY ≤ 1.3× its floor (store: tar + sha256)",
-                    f"{cold / floor:.2f}× ({_secs(cold)})",
-                    cold <= 1.3 * floor,
-                )
-            )
-        layout = _median(w2["builders"].get("pybuild", []), "layout")
-        if layout is not None:
-            floor = statistics.median(w2["floors"]["layout"])
-            found.append(
-                (
-                    "W2 COPY + gzip layout ≤ 1.3× its floor (tar + sha256 + gzip -1)",
-                    f"{layout / floor:.2f}× ({_secs(layout)})",
-                    layout <= 1.3 * floor,
-                )
-            )
+    for mode, floor_key, label in (
+        ("cold", "store", "W2 COPY ≤ 1.3× its floor (store: tar + sha256)"),
+        ("layout", "layout", "W2 COPY + gzip layout ≤ 1.3× its floor (tar + sha256 + gzip -1)"),
+    ):
+        ours = _median(w2["builders"].get("pybuild", []), mode) if w2 else None
+        if w2 is None or ours is None or floor_key not in w2.get("floors", {}):
+            continue
+        floor = statistics.median(w2["floors"][floor_key])
+        found.append((label, f"{ours / floor:.2f}× ({_secs(ours)})", ours <= 1.3 * floor))
     for key, entry in workloads.items():
         turns = entry["builders"].get("pybuild", [])
         if turns:

@@ -29,8 +29,12 @@ def docker() -> Iterator[list[str]]:
     work = Path(tempfile.mkdtemp(prefix="pybuild-dockerd-", dir="/var/tmp"))
     socket = work / "docker.sock"
     log = open(work / "dockerd.log", "wb")  # noqa: SIM115 - closed below
+    # In a network namespace of its own: a dockerd started with --bridge=none deletes the host's docker0 (the
+    # bridge a Docker already running here needs); docker load and a --network none run need no network.
     daemon = subprocess.Popen(
         [
+            require_tool("unshare"),
+            "--net",
             dockerd,
             "--data-root", str(work / "data"),
             "--exec-root", str(work / "exec"),

@@ -181,6 +181,7 @@ class Buildah(Builder):
         return quiet(["buildah", "--version"]).split()[2]
 
     def setup(self, work: Path, bases: dict[str, Path]) -> None:
+        self.bases = {f"localhost/{name}:latest" for name in bases}
         self.storage = work / "buildah"
         root, run = self.storage / "root", self.storage / "run"
         self.global_args = ["--root", str(root), "--runroot", str(run), "--storage-driver", "overlay"]
@@ -192,7 +193,8 @@ class Buildah(Builder):
         quiet(["buildah", *self.global_args, "rm", "--all"], check=False)
         images = json.loads(quiet(["buildah", *self.global_args, "images", "--json"]) or "[]")
         for image in images:
-            if not any(name.startswith("localhost/bench-") for name in image.get("names") or []):
+            # Everything but the bases: the images built, and the intermediate ones --layers keeps as its cache.
+            if not self.bases & set(image.get("names") or []):
                 quiet(["buildah", *self.global_args, "rmi", "-f", image["id"]], check=False)
 
     def build(self, context: Path, tag: str) -> Sample:

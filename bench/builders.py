@@ -154,6 +154,9 @@ class Pybuild(Builder):
         # compresses the base as the peers' do (prune then removes the copies).
         shutil.rmtree(self.root / "compressed", ignore_errors=True)
         quiet(self._cli("prune", "-f"), self.env)
+        cached = json.loads(quiet(self._cli("cache", "ls", "--format", "json"), self.env) or "[]")
+        if cached:
+            raise BenchError(f"pybuild's step cache still holds {len(cached)} entries after the reset")
 
     def build(self, context: Path, tag: str) -> Sample:
         self.tags.add(tag)
@@ -181,21 +184,26 @@ class Buildah(Builder):
         return quiet(["buildah", "--version"]).split()[2]
 
     def setup(self, work: Path, bases: dict[str, Path]) -> None:
-        self.bases = {f"localhost/{name}:latest" for name in bases}
+        self.bases = bases
         self.storage = work / "buildah"
         root, run = self.storage / "root", self.storage / "run"
         self.global_args = ["--root", str(root), "--runroot", str(run), "--storage-driver", "overlay"]
         self.transport = f"containers-storage:[overlay@{root}+{run}]"
-        for name, archive in bases.items():
+        self._load_bases()
+
+    def _load_bases(self) -> None:
+        for name, archive in self.bases.items():
             quiet(["skopeo", "copy", "-q", f"oci-archive:{archive}", f"{self.transport}localhost/{name}:latest"])
 
     def reset(self) -> None:
+        # Every image goes, the intermediate ones --layers caches steps in included (``images`` lists those only
+        # with --all, and a parent cannot go before its children); then the bases come back.
         quiet(["buildah", *self.global_args, "rm", "--all"], check=False)
-        images = json.loads(quiet(["buildah", *self.global_args, "images", "--json"]) or "[]")
-        for image in images:
-            # Everything but the bases: the images built, and the intermediate ones --layers keeps as its cache.
-            if not self.bases & set(image.get("names") or []):
-                quiet(["buildah", *self.global_args, "rmi", "-f", image["id"]], check=False)
+        quiet(["buildah", *self.global_args, "rmi", "--all", "--force"], check=False)
+        left = quiet(["buildah", *self.global_args, "images", "--all", "--quiet"]).split()
+        if left:
+            raise BenchError(f"buildah rmi --all left images: {' '.join(left)}")
+        self._load_bases()
 
     def build(self, context: Path, tag: str) -> Sample:
         argv = ["buildah", *self.global_args, "bud", "--isolation", "chroot", "--layers", "--pull=never", "-q"]
@@ -306,10 +314,19 @@ class Dockerd:
             # Seen once while other tests ran: RUN steps then fail with "could not find bridge docker0".
             raise BenchError("dockerd's bridge docker0 is gone; restart dockerd and run again")
         env = {**os.environ, **self.env}
-        for tag in sorted(tags):
-            quiet([self.cli, "rmi", "-f", tag], env, check=False)
+        # Every image but the bases goes (the classic builder's step cache is its intermediate images, and an
+        # earlier run's would serve it too); both Docker builders share the daemon, and one's turn is over when the
+        # other's starts.
+        keep = {i for name in self.bases for i in quiet([self.cli, "images", "-q", "--no-trunc", name], env).split()}
+        every = quiet([self.cli, "images", "--all", "--quiet", "--no-trunc"], env).split()
+        doomed = [image for image in dict.fromkeys(every) if image not in keep]
+        if doomed:
+            quiet([self.cli, "rmi", "-f", *doomed], env, check=False)
         quiet([self.cli, "image", "prune", "-f"], env, check=False)
         quiet([self.cli, "builder", "prune", "-af"], env, check=False)
+        left = set(quiet([self.cli, "images", "--all", "--format", "{{.Repository}}"], env).split()) - self.bases
+        if left:  # the classic builder's cache is its intermediate images: none may be left
+            raise BenchError(f"docker still has images after the reset: {' '.join(sorted(left))}")
 
     def stop(self) -> None:
         if self.started is not None and self.started.poll() is None:

@@ -148,11 +148,7 @@ def _deflate_block(block: bytes, previous: bytes, level: int, final: bool) -> by
     """``block`` as raw deflate, primed with ``previous``, ending byte-aligned (or ending the stream)."""
     if level > 0 and _incompressible(block):
         level = 0
-    z = (
-        zlib.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, previous)
-        if previous
-        else (zlib.compressobj(level, zlib.DEFLATED, -15, 9))
-    )
+    z = zlib.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, previous)  # b"": no dictionary
     return z.compress(block) + z.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
 
 

@@ -40,6 +40,7 @@ from bench.report import render
 from bench.workloads import BUSYBOX, DEBIAN, LOOP, Workload, fresh_context, restore_app, touch_app, workloads
 
 ALL_BUILDERS = ("pybuild", "buildah", "buildkit", "classic")
+BASE_LAYERS = 1  # every base is made by ``pybuild import`` (make_bases): one layer, below what a build adds
 
 
 def say(text: str) -> None:
@@ -127,8 +128,7 @@ def one_turn(builder: Builder, workload: Workload, context: Path, work: Path, ru
         shutil.rmtree(layout, ignore_errors=True)
         exported = builder.export(tag, layout)
         turn["export"], turn["layout"] = exported.seconds, cold.seconds + exported.seconds
-        base_layers = 1
-        turn["layers"], turn["layer_bytes"], turn["media_types"] = layout_layer_bytes(layout, base_layers)
+        turn["layers"], turn["layer_bytes"], turn["media_types"] = layout_layer_bytes(layout, BASE_LAYERS)
         shutil.rmtree(layout, ignore_errors=True)
         peaks.append(exported.peak_kb)
         warm = builder.build(context, tag)

@@ -490,6 +490,11 @@ class CacheIndex:
             return {}
         return rows if isinstance(rows, dict) else {}
 
+    def forget_stats(self) -> None:
+        """Drop every tree's stat cache (``cache prune --all``): the next build hashes its context afresh."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM stats")
+
     def save_stats(self, root: bytes, rows: Mapping[bytes, StatRow]) -> None:
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO stats VALUES (?, ?)", (root, marshal.dumps(dict(rows))))

@@ -15,7 +15,8 @@ them. Nothing here prints.
   leasing its entry; it never touches an entry a running build leased. It deletes entries, then each removed
   entry's layer blob when no remaining entry holds it and no image reaches it, with that layer's snapshot
   (``ROOT/snapshots/<diff_id hex>``) and its compressed copies' memos (``ROOT/compressed/``) and blobs, under the
-  same conditions. Nothing else is ever deleted.
+  same conditions. An unbounded ``--all`` (no ``keep_storage``, no ``until``) also forgets the contexts' stat
+  caches, so the next build hashes its context afresh, as a first build does. Nothing else is ever deleted.
 - ``last_build`` is the report of the last finished build, each miss tied to the miss it followed.
 """
 
@@ -288,6 +289,8 @@ def prune(
             if entry.diff_id is not None and entry.diff_id not in held_diff_ids:
                 remove_dir(SnapshotStore(store.root / "snapshots").path(entry.diff_id))
             reclaimed += _delete_compressed(store, digest, held | reachable)
+        if options.all and options.keep_storage is None and options.until is None:
+            index.forget_stats()
     return PruneResult(tuple(str(e.key) for e in chosen), reclaimed)
 
 

@@ -474,6 +474,7 @@ class _Solver:
             info = write_layer(everything(), blob, Compression.NONE)
             digest = blob.commit()
             size = blob.size
+        self.snapshots.vouch(info.diff_id)
         return rootfs.with_layer(Descriptor(mt.OCI_LAYER, digest, size), info.diff_id), True
 
     # --- steps

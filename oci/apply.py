@@ -13,12 +13,16 @@ lower contents wherever it appears in the layer, and AUFS' other ``.wh..wh.*`` m
 The stream is decompressed by sniffing, hashed while it is read (trailing padding included), and checked against
 ``expected_diff_id`` at the end. On any error the tree is left as it is: the caller applies into a fresh
 directory and removes it (``remove_tree``) when this raises.
+
+A ``trusted`` layer (one whose bytes this process has just written and hashed) is not hashed again, and when it
+is an uncompressed file its big members are copied into place by the kernel rather than read through Python.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import stat
 from collections.abc import Iterator
@@ -26,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from oci.compression import decompress_stream
+from oci.compression import Compression, decompress_stream, sniff
 from oci.digest import Digest, Hasher
 from oci.errors import DigestMismatch, InvalidArchive, LayerError, LimitExceeded, OCIError, UnsafeEntry
+from oci.kernelcopy import kernel_copy
 from oci.layer import OPAQUE, WHITEOUT_PREFIX
 from oci.tarformat import EntryType, TarEntry, TarReader, encode_name
 
@@ -89,6 +94,58 @@ class _HashingReader:
             pass
 
 
+class _FileSource(io.RawIOBase):
+    """An uncompressed layer file, read through a buffer of its own by offset, so that a member's content can
+    instead be copied from where it lies (``copy_to``, which ``TarReader``'s entries use)."""
+
+    def __init__(self, fd: int, offset: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._offset = offset  # of the first byte after the buffer
+        self._buffer = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        if not self._buffer:
+            if len(view) >= _CHUNK:
+                n = os.preadv(self._fd, [view], self._offset)
+                self._offset += n
+                return n
+            self._buffer = memoryview(os.pread(self._fd, _CHUNK, self._offset))
+            self._offset += len(self._buffer)
+        n = min(len(view), len(self._buffer))
+        view[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
+
+    def copy_to(self, fd: int, count: int) -> int:
+        """Copy ``count`` bytes (fewer where the file ends) to ``fd``: what is buffered, then the rest by the
+        kernel, or read and written where the kernel cannot copy between the two files."""
+        done = min(count, len(self._buffer))
+        _write_all(fd, self._buffer[:done])
+        self._buffer = self._buffer[done:]
+        copied = kernel_copy(self._fd, fd, count - done, self._offset)
+        if copied is None:
+            buf = memoryview(bytearray(_CHUNK))
+            copied = 0
+            while done + copied < count:
+                n = os.preadv(self._fd, [buf[: count - done - copied]], self._offset + copied)
+                if n == 0:
+                    break
+                _write_all(fd, buf[:n])
+                copied += n
+        self._offset += copied
+        return done + copied
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def apply_layer(
     stream: BinaryIO,
     root: str | Path,
@@ -98,6 +155,7 @@ def apply_layer(
     same_owner: bool | None = None,
     overlay: bool = False,
     what: str = "layer",
+    trusted: bool = False,
 ) -> ApplyResult:
     """Apply the (possibly compressed) layer in ``stream`` onto the directory ``root``.
 
@@ -105,9 +163,14 @@ def apply_layer(
     ``root`` is an empty directory that is to hold this layer alone, as an overlayfs lower directory: whiteouts
     become overlayfs whiteouts (a 0/0 character device) and opaque markers the ``trusted.overlay.opaque``
     attribute, instead of deleting anything. ``what`` names the stream in a ``LimitExceeded`` message.
+
+    ``trusted`` says the caller has itself just written and hashed these bytes as ``expected_diff_id``: when they
+    are an uncompressed tar in a plain file, they are not hashed again and big contents are copied by the kernel.
     """
     if same_owner is None:
         same_owner = os.geteuid() == 0
+    if trusted and expected_diff_id is not None and (fd := _plain_file(stream)) is not None:
+        return _apply_trusted(fd, os.fsencode(root), expected_diff_id, limits, same_owner, overlay, what)
     _, plain = decompress_stream(stream)
     hashing = _HashingReader(plain, limits, what)
     applier = _Applier(os.fsencode(root), limits, same_owner, overlay)
@@ -127,6 +190,34 @@ def apply_layer(
     if expected_diff_id is not None and diff_id != expected_diff_id:
         raise DigestMismatch(f"layer content has diff_id {diff_id}, expected {expected_diff_id}")
     return ApplyResult(diff_id, hashing.hasher.size, reader.entries)
+
+
+def _apply_trusted(
+    fd: int, root: bytes, diff_id: Digest, limits: ApplyLimits, same_owner: bool, overlay: bool, what: str
+) -> ApplyResult:
+    start = os.lseek(fd, 0, os.SEEK_CUR)
+    applier = _Applier(root, limits, same_owner, overlay)
+    try:
+        reader = TarReader(_FileSource(fd, start))  # type: ignore[arg-type]
+        for entry, data in reader:
+            with _refused(entry.path):
+                applier.apply(entry, data)
+        with _refused(what):
+            applier.finish()
+    finally:
+        applier.close()
+    return ApplyResult(diff_id, os.fstat(fd).st_size - start, reader.entries)
+
+
+def _plain_file(stream: BinaryIO) -> int | None:
+    """The descriptor of ``stream`` if it is an unbuffered regular file holding an uncompressed tar."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+    if not isinstance(stream, io.FileIO) or not stat.S_ISREG(os.fstat(fd).st_mode):
+        return None
+    return fd if sniff(os.pread(fd, 4, os.lseek(fd, 0, os.SEEK_CUR))) is Compression.NONE else None
 
 
 @contextlib.contextmanager
@@ -390,12 +481,10 @@ class _Applier:
     def _make_file(self, parent: int, name: str, entry: TarEntry, data: BinaryIO) -> None:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
         try:
-            buf = memoryview(bytearray(min(entry.size, _CHUNK) or 1))
-            while n := data.readinto(buf):  # type: ignore[attr-defined]
-                view = buf[:n]
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+            if entry.size < _CHUNK or not data.copy_into(fd):  # type: ignore[attr-defined]
+                buf = memoryview(bytearray(min(entry.size, _CHUNK) or 1))
+                while n := data.readinto(buf):  # type: ignore[attr-defined]
+                    _write_all(fd, buf[:n])
             self._chown(fd, entry)
             os.fchmod(fd, entry.mode)
             self._set_xattrs(fd, entry)

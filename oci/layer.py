@@ -204,6 +204,9 @@ class _Pipeline:
         self._own_hash = not (isinstance(shared, Hasher) and shared.size == 0 and shared.algorithm == SHA256)
         self.hasher: Hasher = Hasher() if self._own_hash else shared  # type: ignore[assignment]
         self._compressor = compressor(compression, out, level)
+        # Where the bytes go untouched into a sink that hashes them, a big file can be copied by the kernel.
+        copy = getattr(out, "copy_file", None) if compression is Compression.NONE and not self._own_hash else None
+        self.copy_file: Callable[[int, int], int | None] | None = copy
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._own_hash:

@@ -6,6 +6,10 @@ and counted as it goes, checked against the digest and size the caller expected,
 nothing, and a killed writer leaves only a temporary file that ``sweep`` removes. Writing a blob that already
 exists is harmless (two writers of the same content both succeed). Reads verify: ``open`` returns a stream that
 fails at end of file if the bytes on disk no longer match their name.
+
+A big file's bytes can enter a blob without passing through Python (``BlobWriter.copy_file``): the kernel copies
+them (``copy_file_range``) and the blob's own pages are then read back to be hashed, so the digest is always of
+what was written, even if the source changes meanwhile.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from oci.errors import (
     StoreFull,
     VerificationError,
 )
+from oci.kernelcopy import kernel_copy
 
 __all__ = ["BlobWriter", "ContentStore", "atomic_file", "fsync_dir", "pid_alive"]
 
@@ -54,6 +59,7 @@ class BlobWriter:
         store.ingest_dir.mkdir(parents=True, exist_ok=True)
         fd, self._temp = _create_temp(store.ingest_dir)
         self._file = os.fdopen(fd, "wb", buffering=0)
+        self._reader: int | None = None  # the temporary file opened again to hash what the kernel copied
         self._done = False
 
     @property
@@ -82,6 +88,38 @@ class BlobWriter:
         while chunk := stream.read(_CHUNK):
             self.write(chunk)
 
+    def copy_file(self, source: int, count: int) -> int | None:
+        """Append up to ``count`` bytes of the regular file ``source``, from its offset (which advances), copied by
+        the kernel; then hash them from this blob's pages. Returns how many were copied (fewer only at the end of
+        ``source``), or None, with nothing copied, where the kernel cannot copy between the two files."""
+        if self._expected_size is not None and self._hasher.size + count > self._expected_size:
+            return None  # ``write`` names the overflow
+        start = self._hasher.size
+        try:
+            done = kernel_copy(source, self._file.fileno(), count)
+        except OSError as err:
+            raise _translate(err) from err
+        if done is not None:
+            self._hash_back(start, done)
+        return done
+
+    def _hash_back(self, offset: int, count: int) -> None:
+        if self._reader is None:
+            self._reader = os.open(self._temp, os.O_RDONLY | os.O_CLOEXEC)
+        buf = memoryview(bytearray(min(count, _CHUNK) or 1))
+        end = offset + count
+        while offset < end:
+            n = os.preadv(self._reader, [buf[: min(end - offset, len(buf))]], offset)
+            if n == 0:
+                raise OCIError(f"{self._temp}: shorter than the bytes just copied into it")
+            self._hasher.update(buf[:n])
+            offset += n
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            os.close(self._reader)
+            self._reader = None
+
     def commit(self) -> Digest:
         """Verify, make durable and publish the blob; return its digest."""
         digest = self._hasher.digest()
@@ -90,6 +128,7 @@ class BlobWriter:
         if self._expected is not None and digest != self._expected:
             raise DigestMismatch(f"blob {self._expected}: content has digest {digest}")
         try:
+            self._close_reader()
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
@@ -107,6 +146,7 @@ class BlobWriter:
         if self._done:
             return
         self._done = True
+        self._close_reader()
         self._file.close()
         try:
             os.unlink(self._temp)
@@ -202,8 +242,11 @@ class ContentStore:
             writer.write(data)
             return writer.commit()
 
-    def open(self, digest: Digest, size: int | None = None) -> BinaryIO:
-        """A stream of the blob that raises ``DigestMismatch``/``SizeMismatch`` at the end if it is corrupt."""
+    def open(self, digest: Digest, size: int | None = None, *, verify: bool = True) -> BinaryIO:
+        """A stream of the blob that raises ``DigestMismatch``/``SizeMismatch`` at the end if it is corrupt.
+
+        ``verify=False`` gives the file itself (its size still checked), for a reader that checks the same bytes
+        against the same digest on its own, such as ``apply_layer`` with an uncompressed layer's diff_id."""
         try:
             fd = os.open(self.path(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -213,6 +256,8 @@ class ContentStore:
             actual = os.fstat(fd).st_size
             raw.close()
             raise SizeMismatch(f"blob {digest}: expected {size} bytes, found {actual}")
+        if not verify:
+            return raw  # type: ignore[return-value]
         return VerifyingReader(raw, digest, size, name=f"blob {digest}")  # type: ignore[return-value]
 
     def read(self, digest: Digest, max_size: int | None = None) -> bytes:

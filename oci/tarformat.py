@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import enum
 import io
+import os
+import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -214,11 +216,23 @@ def _padding(size: int) -> bytes:
     return b"\0" * (-size % BLOCK)
 
 
+def _plain_file(data: BinaryIO) -> int | None:
+    """The descriptor under ``data`` if it is a regular file with nothing read ahead into a buffer, else None."""
+    try:
+        fd = data.fileno()
+        unread = data.tell() == os.lseek(fd, 0, os.SEEK_CUR)
+    except (AttributeError, OSError, ValueError):
+        return None
+    return fd if unread and stat.S_ISREG(os.fstat(fd).st_mode) else None
+
+
 class TarWriter:
     """Writes entries to ``out``; ``close()`` ends the archive (and leaves ``out`` open).
 
     Small members are gathered into writes of about ``_CHUNK`` bytes (a layer of 30,000 small files is a few
-    hundred writes downstream, not 90,000); a big file's content streams through in chunks of that size.
+    hundred writes downstream, not 90,000); a big file's content streams through in chunks of that size, or, when
+    ``out`` offers ``copy_file(fd, count)`` (an uncompressed layer going into the content store) and the content is
+    a plain file, is handed to it whole to be copied by the kernel.
     """
 
     def __init__(self, out: BinaryIO) -> None:
@@ -235,6 +249,8 @@ class TarWriter:
             return
         if data is None:
             raise LayerError(f"{entry.path}: no content given for a {entry.size}-byte file")
+        if entry.size >= _CHUNK and self._copy_file(entry, data):
+            return
         remaining = entry.size
         while remaining:
             chunk = data.read(min(remaining, _CHUNK))
@@ -251,6 +267,20 @@ class TarWriter:
         self._buffer += _padding(entry.size)
         if len(self._buffer) >= _CHUNK:
             self._flush()
+
+    def _copy_file(self, entry: TarEntry, data: BinaryIO) -> bool:
+        copy = getattr(self._out, "copy_file", None)
+        fd = _plain_file(data)
+        if copy is None or fd is None:
+            return False
+        self._flush()
+        copied = copy(fd, entry.size)
+        if copied is None:
+            return False
+        if copied < entry.size:
+            raise LayerError(f"{entry.path}: file shrank while it was being read")
+        self._buffer += _padding(entry.size)
+        return True
 
     def _flush(self) -> None:
         if self._buffer:
@@ -364,6 +394,18 @@ class _EntryData(io.RawIOBase):
             raise InvalidArchive(f"{self._path}: archive ends inside the file's data")
         self.remaining -= n
         return n
+
+    def copy_into(self, fd: int) -> bool:
+        """Copy the rest of the content to the file ``fd`` inside the kernel, where the archive's stream offers
+        ``copy_to(fd, count)``; False, with nothing read, where it does not."""
+        copy = getattr(self._reader._stream, "copy_to", None)
+        if copy is None or self.remaining <= 0:
+            return False
+        copied = copy(fd, self.remaining)
+        if copied < self.remaining:
+            raise InvalidArchive(f"{self._path}: archive ends inside the file's data")
+        self.remaining = 0
+        return True
 
 
 class TarReader:

@@ -23,6 +23,7 @@ OCI_LEVELS = {
     "config": 3,
     "compression": 4,
     "tarformat": 4,
+    "kernelcopy": 4,
     "layer": 5,
     "apply": 6,
     "store": 7,

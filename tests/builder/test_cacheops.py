@@ -323,6 +323,21 @@ def test_prune_all_deletes_every_entry_but_never_a_blob_an_image_reaches(store: 
         store.layout.store.verify(desc.digest)
 
 
+def test_prune_all_forgets_the_context_stat_caches_and_a_bounded_prune_keeps_them(
+    store: Store, index: CacheIndex
+) -> None:
+    rows = {b"/ctx/a": (1, 2, 3, 4, "sha256:" + "0" * 64)}
+    index.save_stats(b"/ctx", rows)  # type: ignore[arg-type]
+    cacheops.prune(store, index, cacheops.PruneOptions(all=True, until=cacheops.parse_duration("1h")))
+    assert index.load_stats(b"/ctx") == rows
+    cacheops.prune(store, index, cacheops.PruneOptions(all=True, keep_storage=1))
+    assert index.load_stats(b"/ctx") == rows
+    cacheops.prune(store, index, cacheops.PruneOptions())
+    assert index.load_stats(b"/ctx") == rows
+    cacheops.prune(store, index, cacheops.PruneOptions(all=True))
+    assert index.load_stats(b"/ctx") == {}
+
+
 def test_prune_until_keeps_entries_used_recently(store: Store, index: CacheIndex) -> None:
     old = put(index, "old", sized(store, "old", 10), last_used=NOW - 48 * HOUR)
     recent = put(index, "recent", sized(store, "recent", 10), last_used=NOW - 2 * HOUR)

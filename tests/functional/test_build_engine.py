@@ -179,6 +179,29 @@ def test_a_run_that_changes_nothing_adds_no_layer(tmp_path: Path, busybox: str) 
     assert [h.get("empty_layer", False) for h in info["History"][1:]] == [True, True, False]
 
 
+def test_big_copied_files_reach_the_next_steps_whole(tmp_path: Path, busybox: str) -> None:
+    # A COPY's big files go into its layer, and from it into the snapshot the next steps see, through kernel
+    # copies (tests/oci/test_kernelcopy.py); a RUN and a later COPY --from must see exactly the same bytes.
+    big = bytes(range(256)) * (12 * 1024 + 3)  # 3 MiB and a bit
+    ctx = context(
+        tmp_path,
+        "FROM busybox AS one\nCOPY big.bin small.txt /data/\nRUN sha256sum /data/big.bin /data/small.txt > /sums\n"
+        "FROM busybox\nCOPY --from=one /data/big.bin /sums /\n",
+        {"small.txt": "small\n"},
+    )
+    (ctx / "big.bin").write_bytes(big)
+    assert build("-t", "big-copy", str(ctx)).code == 0
+    rootfs = unpack(tmp_path, "big-copy")
+    assert (rootfs / "big.bin").read_bytes() == big
+    sums = (rootfs / "sums").read_text().split()
+    assert sums == [
+        hashlib.sha256(big).hexdigest(),
+        "/data/big.bin",
+        hashlib.sha256(b"small\n").hexdigest(),
+        "/data/small.txt",
+    ]
+
+
 def test_exec_form_run_and_shell_and_user(tmp_path: Path, busybox: str) -> None:
     dockerfile = """\
 FROM busybox

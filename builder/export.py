@@ -122,7 +122,7 @@ _KEYS = {
 }
 #: Attributes BuildKit knows that pybuild does not implement, with the reason it gives.
 _REFUSED = {
-    "compression-level": "layers are compressed once at a fixed level (gzip 6, zstd 3) and reused",
+    "compression-level": "layers are compressed once at a fixed level (gzip 5, zstd 3) and reused",
     "rewrite-timestamp": "layer timestamps are not rewritten yet (SOURCE_DATE_EPOCH already clamps new files)",
     "oci-artifact": "attestations are not made",
     "attest": "attestations are not made",

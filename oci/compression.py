@@ -179,9 +179,14 @@ class _ZstdWriter:
         self._out.write(self._z.flush())
 
 
+#: gzip's level when none is given: podman's and buildah's default (containers.conf ``compression_level``). On
+#: image layers zlib's level 5 is ~1.5× faster than its level 6 for ~0.5% more bytes.
+GZIP_LEVEL = 5
+
+
 def compressor(kind: Compression, out: BinaryIO, level: int | None = None) -> Compressor:
     if kind is Compression.GZIP:
-        return _GzipWriter(out, 6 if level is None else level)
+        return _GzipWriter(out, GZIP_LEVEL if level is None else level)
     if kind is Compression.ZSTD:
         return _ZstdWriter(out, 3 if level is None else level)
     return _Passthrough(out)

@@ -2018,8 +2018,8 @@ def _build_parser() -> _Parser:
         "-a",
         "--all",
         action="store_true",
-        help="also entries whose layer an image uses, or with none, and the cache mounts no build uses (unless "
-        "--keep-storage)",
+        help="also entries whose layer an image uses, or with none, the cache mounts no build uses and the "
+        "context stat caches (unless --keep-storage or --filter)",
     )
     p.add_argument(
         "--keep-storage",

@@ -227,9 +227,18 @@ def _placement(limits: Limits, found: Sequence[Hierarchy]) -> dict[Hierarchy, li
 
 
 def check_available(limits: Limits) -> None:
-    """Raise ``CgroupError`` naming what is missing if ``limits`` cannot be enforced here (nothing is created)."""
-    if limits:
-        _placement(limits, _system())
+    """Raise ``CgroupError`` naming what is missing if ``limits`` cannot be enforced here (nothing is created):
+    a controller the machine lacks, or a hierarchy where pybuild may not create a cgroup (rootless, without a
+    delegated one)."""
+    if not limits:
+        return
+    for home, controllers in _placement(limits, _system()).items():
+        if not any(os.access(parent, os.W_OK) for parent in home.parents()):
+            options = ", ".join(_CONTROLLERS[c] for c in controllers)
+            raise CgroupError(
+                f"{options} needs a cgroup pybuild may create, and {home.parents()[-1]} is not writable by it"
+                " (rootless: the user needs a delegated cgroup)"
+            )
 
 
 # ------------------------------------------------------------------------------------------- a step's cgroup

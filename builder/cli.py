@@ -2257,6 +2257,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.command is None:
             parser.print_help(sys.stderr)
             return 2
+        if os.geteuid() != 0:
+            _enter_user_namespace()
         return int(args.run(_Context(args, environ, sys.stdout)))
     except BrokenPipeError:
         # The reader went away (``pybuild images | head``): not an error worth a message.
@@ -2285,6 +2287,14 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             traceback.print_exc()
         print(f"{PROG}: internal error: {type(err).__name__}: {err} (run with --debug for details)", file=sys.stderr)
         return 1
+
+
+def _enter_user_namespace() -> None:
+    """Rootless: every verb runs as root of a user namespace of its own (``builder.userns``), so the store's files
+    keep the owners they have in images, whoever runs pybuild."""
+    from builder import userns
+
+    userns.enter(userns.plan_for_me())
 
 
 def _report(err: BaseException) -> None:

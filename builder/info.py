@@ -3,7 +3,9 @@
 The answers a bug report needs and a CI log should start with (as ``docker info`` and ``buildah info``): version,
 store root and contents by count (sizes are ``system df``'s, which walks every snapshot), and whether the kernel
 features RUN relies on are there: overlayfs, namespaces, and the cgroup controllers behind ``--memory`` and
-``--pids-limit``. Reading it changes nothing.
+``--pids-limit``. It says how pybuild runs here: as root, or rootless with subordinate ids or with one id
+(``builder.userns``), with the id maps and, rootless, whether overlayfs mounts inside the user namespace (tried,
+on a scratch directory of the store). Reading it changes nothing in the store.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder import __version__, cgroups
+from builder import __version__, cgroups, userns
 from builder.cache import INDEX_FILE, CacheIndex
 from builder.cachemounts import CacheMountStore
 from builder.errors import BuildError
@@ -41,6 +43,9 @@ class Info:
     root_user: bool
     overlay: bool
     features: dict[str, str]  # feature -> "yes" or why not
+    mode: str = userns.ROOT  # userns.ROOT, SUBIDS or SINGLE
+    id_maps: str = ""  # the uid map in force, "inside outside count" lines joined by "; " (rootless)
+    why_single: str = ""  # rootless with one id: why subordinate ids are not used
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -62,11 +67,13 @@ class Info:
                 "root": self.root_user,
                 "overlay": self.overlay,
             },
+            "mode": {"name": self.mode, "idMaps": self.id_maps, "whySingle": self.why_single},
             "features": dict(self.features),
         }
 
 
 def collect(store: Store) -> Info:
+    mode = userns.current_mode()
     index = store.layout.index()
     snapshots = store.root / "snapshots"
     return Info(
@@ -82,9 +89,14 @@ def collect(store: Store) -> Info:
         kernel=platform.release(),
         cpus=os.cpu_count() or 1,
         memory=_memory_total(),
-        root_user=os.geteuid() == 0,
+        root_user=os.geteuid() == 0 and mode == userns.ROOT,
         overlay=_has_filesystem("overlay"),
-        features=_features(),
+        features=_features(store, mode),
+        mode=mode,
+        id_maps="; ".join(" ".join(line.split()) for line in _uid_map().splitlines() if line.strip())
+        if mode != userns.ROOT
+        else "",
+        why_single=userns.plan_for_me().why_single if mode == userns.SINGLE else "",
     )
 
 
@@ -115,7 +127,35 @@ def _has_filesystem(name: str) -> bool:
         return False
 
 
-def _features() -> dict[str, str]:
+def _uid_map() -> str:
+    try:
+        return Path("/proc/self/uid_map").read_text()
+    except OSError:
+        return ""
+
+
+def _overlay_in_user_namespace(store: Store) -> str:
+    """Rootless: mount an overlay on a scratch directory (this process has a mount namespace of its own)."""
+    from builder import linux
+
+    scratch = store.root / "tmp" / f"{os.getpid()}-info-overlay"
+    try:
+        for name in ("lower", "upper", "work", "merged"):
+            (scratch / name).mkdir(parents=True, exist_ok=True)
+        linux.mount_overlay(
+            str(scratch / "merged"), [str(scratch / "lower")], str(scratch / "upper"), str(scratch / "work")
+        )
+        linux.umount(str(scratch / "merged"))
+        return "yes"
+    except OSError as err:
+        return f"no: {err.strerror or err} (Linux 5.11 or later mounts overlayfs in a user namespace)"
+    finally:
+        from builder.snapshot import remove_dir
+
+        remove_dir(scratch)
+
+
+def _features(store: Store, mode: str) -> dict[str, str]:
     """Each capability a build may ask for: "yes", or the reason it is missing."""
     found: dict[str, str] = {}
     for name, limits in (
@@ -127,7 +167,12 @@ def _features() -> dict[str, str]:
             found[name] = "yes"
         except BuildError as err:
             found[name] = f"no: {err.message}"
-    found["RUN"] = "yes" if os.geteuid() == 0 else "no: RUN needs root (rootless builds are not done yet)"
+    if mode == userns.ROOT:
+        found["RUN"] = "yes" if os.geteuid() == 0 else "no: RUN needs root or a user namespace"
+        return found
+    overlay = _overlay_in_user_namespace(store)
+    found["overlay in a user namespace"] = overlay
+    found["RUN"] = "yes" if overlay == "yes" else "no: rootless RUN needs overlayfs in a user namespace"
     return found
 
 
@@ -149,6 +194,9 @@ def render(info: Info) -> str:
         f"  Memory: {gib:.1f} GiB",
         f"  Root: {'yes' if info.root_user else 'no'}",
         f"  overlayfs: {'yes' if info.overlay else 'no'}",
+        f"Mode: {info.mode}",
+        *([f"  Id maps: {info.id_maps}"] if info.id_maps else []),
+        *([f"  Why one id: {info.why_single}"] if info.why_single else []),
         "Features:",
         *(f"  {name}: {state}" for name, state in info.features.items()),
     ]

@@ -28,6 +28,7 @@ __all__ = [
     "MS_REC",
     "MS_REMOUNT",
     "held_capabilities",
+    "in_host_user_namespace",
     "keep_capabilities",
     "mount",
     "mount_overlay",
@@ -115,6 +116,8 @@ def mount_overlay(
         data = "lowerdir=" + ":".join(f"/proc/self/fd/{fd}" for fd in fds)
         if upper is not None:
             data += f",upperdir={upper},workdir={work}"
+        if not in_host_user_namespace():
+            data += ",userxattr"  # trusted.* xattrs are the host's; overlayfs keeps its own in user.overlay.*
         last: OSError | None = None
         for extra in _OVERLAY_EXTRAS:
             try:
@@ -127,6 +130,15 @@ def mount_overlay(
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def in_host_user_namespace() -> bool:
+    """Whether this process is in the host's user namespace (not rootless)."""
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as f:
+            return f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return True
 
 
 def umount(target: str, flags: int = 0) -> None:

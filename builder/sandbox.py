@@ -40,6 +40,7 @@ closes the socket.
 from __future__ import annotations
 
 import binascii
+import errno
 import fcntl
 import json
 import os
@@ -126,13 +127,21 @@ def _mount_dev(root: str) -> None:
     for name, target in _DEV_LINKS:
         os.symlink(target, os.path.join(dev, name))
     os.mkdir(os.path.join(dev, "pts"), 0o755)
-    linux.mount(
-        "devpts",
-        os.path.join(dev, "pts"),
-        "devpts",
-        linux.MS_NOSUID | linux.MS_NOEXEC,
-        "newinstance,ptmxmode=0666,mode=0620,gid=5",
-    )
+    try:
+        linux.mount(
+            "devpts",
+            os.path.join(dev, "pts"),
+            "devpts",
+            linux.MS_NOSUID | linux.MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=0620,gid=5",
+        )
+    except OSError as err:
+        if err.errno != errno.EINVAL:
+            raise
+        # Rootless with one id: group 5 (tty) is not mapped, so the terminals keep the group of their opener.
+        linux.mount(
+            "devpts", os.path.join(dev, "pts"), "devpts", linux.MS_NOSUID | linux.MS_NOEXEC, "newinstance,ptmxmode=0666"
+        )
     os.mkdir(os.path.join(dev, "mqueue"), 0o755)
     linux.mount("mqueue", os.path.join(dev, "mqueue"), "mqueue", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
     os.mkdir(os.path.join(dev, "shm"), 0o1777)
@@ -543,8 +552,7 @@ def _init(spec: dict[str, Any]) -> NoReturn:
             # No descriptor of ours may be a way out (runc CVE-2024-21626): close them before anything looks up
             # a path such as the working directory, which could name /proc/self/fd/N.
             os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-            os.setgroups(groups)
-            os.setgid(gid)
+            _become(uid, gid, groups)
             linux.keep_capabilities(linux.held_capabilities() if spec.get("insecure") else DEFAULT_CAPABILITIES)
             os.setuid(uid)
             os.chdir(cwd)
@@ -559,6 +567,43 @@ def _init(spec: dict[str, Any]) -> NoReturn:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda s, f: os.kill(command, s))
     os._exit(_wait_for(command))
+
+
+def _become(uid: int, gid: int, groups: list[int]) -> None:
+    """Take the step's groups and group (its user comes after the capabilities are set). Rootless with one id,
+    only id 0 exists and supplementary groups cannot be set: a step asking for others is refused, naming them."""
+    try:
+        os.setgroups(groups)
+    except PermissionError:
+        if not _setgroups_denied() or set(groups) - {gid, 0}:
+            raise
+    unmapped = [i for i in (uid, gid) if not _mapped(i)]
+    if unmapped:
+        os.write(
+            2,
+            f"user {uid}:{gid} does not exist in this rootless build: only id 0 is mapped (give the user "
+            "subordinate ids in /etc/subuid and /etc/subgid)\n".encode(),
+        )
+        os._exit(126)
+    os.setgid(gid)
+
+
+def _setgroups_denied() -> bool:
+    try:
+        with open("/proc/self/setgroups", encoding="ascii") as f:
+            return f.read().strip() == "deny"
+    except OSError:
+        return False
+
+
+def _mapped(uid: int) -> bool:
+    """Whether ``uid`` exists in this user namespace (its uid_map and gid_map agree: pybuild maps both alike)."""
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as f:
+            lines = [line.split() for line in f.read().splitlines() if line.strip()]
+    except OSError:
+        return True
+    return any(int(start) <= uid < int(start) + int(count) for start, _, count in lines)
 
 
 def _join_cgroups(procs: list[str]) -> None:

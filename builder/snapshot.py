@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from builder.limits import DEFAULT_LIMITS
-from oci.apply import OVERLAY_OPAQUE, ApplyLimits, apply_layer, remove_tree
+from oci.apply import ApplyLimits, apply_layer, opaque_xattr, remove_tree
 from oci.digest import Digest
 from oci.errors import OCIError, UnsafeEntry
 from oci.layer import WHITEOUT_PREFIX, LayerItem, entry_for_stat, object_item, opaque, whiteout
@@ -233,7 +233,7 @@ class RootView:
 
 def _opaque(path: bytes) -> bool:
     try:
-        return os.getxattr(path, OVERLAY_OPAQUE, follow_symlinks=False) == b"y"
+        return os.getxattr(path, opaque_xattr(), follow_symlinks=False) == b"y"
     except OSError:
         return False
 

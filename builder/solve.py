@@ -175,6 +175,15 @@ def _named_context_tree(directory: Path) -> copying.ContextTree:
     return copying.ContextTree(directory, rules)
 
 
+def _single_id_hint() -> str:
+    """Rootless with one id, what fails in a step is most often a chown or a user that does not exist there."""
+    from builder import userns
+
+    if userns.current_mode() != userns.SINGLE:
+        return ""
+    return "rootless with one id: only id 0 exists here; give your user subordinate ids in /etc/subuid and /etc/subgid"
+
+
 def _linked(step: Step) -> bool:
     """COPY/ADD --link: the layer is made on an empty tree and placed on the stage (BuildKit's merge op). With
     --chmod, BuildKit's front end makes a plain copy instead, and so does pybuild."""
@@ -550,7 +559,8 @@ class _Solver:
                 shown = " ".join(step.argv)
                 why = f": killed: out of memory (--memory {cgroups.format_size(self.options.run_limits.memory or 0)})"
                 raise BuildError(
-                    f'process "{shown}" did not complete successfully: exit code: {status}' + (why if oom else "")
+                    f'process "{shown}" did not complete successfully: exit code: {status}' + (why if oom else ""),
+                    hint=_single_id_hint(),
                 )
             upper = scratch / "upper"
             items = upper_items(upper, RootView(lowers), clamp_mtime=self.options.epoch)

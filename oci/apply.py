@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import os
 import stat
@@ -37,10 +38,20 @@ from oci.kernelcopy import kernel_copy
 from oci.layer import OPAQUE, WHITEOUT_PREFIX
 from oci.tarformat import EntryType, TarEntry, TarReader, encode_name
 
-__all__ = ["OVERLAY_OPAQUE", "ApplyLimits", "ApplyResult", "apply_layer", "remove_tree"]
+__all__ = [
+    "OVERLAY_OPAQUE",
+    "USER_OVERLAY_OPAQUE",
+    "ApplyLimits",
+    "ApplyResult",
+    "apply_layer",
+    "opaque_xattr",
+    "remove_tree",
+]
 
 #: The attribute that marks an overlayfs directory as opaque (it hides what lower directories hold there).
 OVERLAY_OPAQUE = "trusted.overlay.opaque"
+#: The same inside a user namespace, where trusted.* is the host's alone and overlayfs is mounted ``userxattr``.
+USER_OVERLAY_OPAQUE = "user.overlay.opaque"
 
 _CHUNK = 1 << 20
 _MAX_SYMLINKS = 40
@@ -144,6 +155,18 @@ class _FileSource(io.RawIOBase):
 def _write_all(fd: int, view: memoryview) -> None:
     while view:
         view = view[os.write(fd, view) :]
+
+
+@functools.cache
+def opaque_xattr() -> str:
+    """The opaque marker overlayfs reads here: ``trusted.overlay.opaque`` in the host's user namespace, and
+    ``user.overlay.opaque`` inside another (rootless), where overlayfs is mounted with ``userxattr``."""
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as f:
+            host = f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        host = True
+    return OVERLAY_OPAQUE if host else USER_OVERLAY_OPAQUE
 
 
 def apply_layer(
@@ -403,7 +426,7 @@ class _Applier:
             if self._overlay:
                 parent = self._parent(parts[:-1], create=True)
                 assert parent is not None
-                os.setxattr(f"/proc/self/fd/{parent}", OVERLAY_OPAQUE, b"y")
+                os.setxattr(f"/proc/self/fd/{parent}", opaque_xattr(), b"y")
                 self._ancestors.add(parts[:-1])
             else:
                 self._opaque(parts[:-1])

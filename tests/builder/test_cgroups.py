@@ -196,6 +196,12 @@ def _gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
+def test_limits_are_unavailable_where_no_cgroup_may_be_created(cgroupfs: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cgroups.os, "access", lambda path, mode: False)  # rootless, without a delegated cgroup
+    with pytest.raises(cgroups.CgroupError, match="--memory needs a cgroup pybuild may create, and .* is not writable"):
+        cgroups.check_available(Limits(memory=32 * MiB))
+
+
 def test_a_step_cgroup_is_limited_and_removed(cgroupfs: None) -> None:
     limits = Limits(memory=32 * MiB, pids=20)
     cgroups.check_available(limits)

@@ -2294,7 +2294,11 @@ def _enter_user_namespace() -> None:
     keep the owners they have in images, whoever runs pybuild."""
     from builder import userns
 
-    userns.enter(userns.plan_for_me())
+    try:
+        userns.enter(userns.plan_for_me())
+    except userns.NoUserNamespace as err:
+        # Listing, inspecting or pushing needs no privilege; RUN says it needs a namespace when it is reached.
+        userns.unavailable = err.message
 
 
 def _report(err: BaseException) -> None:

@@ -107,7 +107,7 @@ def run_image(
     """Run a container of ``image``; its output goes to pybuild's own standard streams unless ``on_output`` takes
     it (merged, as a RUN step's). With ``request.commit``, ``name_image`` is called with the committed image."""
     if os.geteuid() != 0:
-        raise BuildError("pybuild run needs root for now (rootless containers are planned)")
+        raise BuildError("pybuild run needs root or a user namespace", hint="enable user namespaces, or run as root")
     if request.network not in ("default", "none", "host"):
         raise UsageError(f"unsupported network mode {request.network!r} (expected default, none or host)")
     cgroups.check_available(request.limits)

@@ -759,7 +759,7 @@ class _Copier:
         if self.options.scratch is None:
             raise CopyError("ADD: no scratch directory to extract an archive")
         if os.geteuid() != 0:
-            raise CopyError("ADD of a local archive needs root for now (to keep the archive's owners)")
+            raise CopyError("ADD of a local archive needs root or a user namespace (to keep the archive's owners)")
         dst = resolve(self, posixpath.normpath(dest) if dest else "/")
         if dst:
             self.mkdir_all(dst)

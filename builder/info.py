@@ -168,7 +168,10 @@ def _features(store: Store, mode: str) -> dict[str, str]:
         except BuildError as err:
             found[name] = f"no: {err.message}"
     if mode == userns.ROOT:
-        found["RUN"] = "yes" if os.geteuid() == 0 else "no: RUN needs root or a user namespace"
+        found["RUN"] = "yes"
+        return found
+    if mode == userns.UNPRIVILEGED:
+        found["RUN"] = f"no: RUN needs root or a user namespace ({userns.unavailable or 'none was made'})"
         return found
     overlay = _overlay_in_user_namespace(store)
     found["overlay in a user namespace"] = overlay

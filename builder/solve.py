@@ -175,6 +175,12 @@ def _named_context_tree(directory: Path) -> copying.ContextTree:
     return copying.ContextTree(directory, rules)
 
 
+def _no_namespace(what: str) -> str:
+    from builder import userns
+
+    return f"{what} needs root or a user namespace" + (f" ({userns.unavailable})" if userns.unavailable else "")
+
+
 def _single_id_hint() -> str:
     """Rootless with one id, what fails in a step is most often a chown or a user that does not exist there."""
     from builder import userns
@@ -495,7 +501,7 @@ class _Solver:
             mounts.check_run(step, allow=self.options.allow)
             cgroups.check_available(self.options.run_limits)
             if os.geteuid() != 0:
-                raise BuildError("RUN needs root for now (rootless builds are planned)", hint="run pybuild as root")
+                raise BuildError(_no_namespace("RUN"), hint="enable user namespaces, or run pybuild as root")
             if self.network(step) not in ("default", "none", "host"):
                 raise BuildError(f"unsupported network mode {self.network(step)!r} (expected default, none or host)")
         elif isinstance(instruction, ins.Copy | ins.Add):

@@ -10,7 +10,9 @@ naming it.
 outside and writes the maps (``newuidmap`` must run outside the namespace it maps), so pybuild keeps its pid,
 its signals and its exit code, and imports nothing twice. Only a process with one thread may enter.
 
-``mode`` says what the running process is: root on the host, or rootless with subordinate ids or with one id.
+``current_mode`` says what the running process is: root on the host, rootless with subordinate ids or with one
+id, or an ordinary user without a namespace (where none can be made: ``unavailable`` then says why, and the verbs
+that need no privilege still work).
 """
 
 from __future__ import annotations
@@ -24,11 +26,27 @@ from dataclasses import dataclass
 
 from builder.errors import BuildError
 
-__all__ = ["ROOT", "SINGLE", "SUBIDS", "IdMap", "Mapping", "current_mode", "enter", "plan", "subordinate_ranges"]
+__all__ = [
+    "ROOT",
+    "SINGLE",
+    "SUBIDS",
+    "UNPRIVILEGED",
+    "IdMap",
+    "Mapping",
+    "current_mode",
+    "enter",
+    "plan",
+    "subordinate_ranges",
+    "unavailable",
+]
 
 ROOT = "root"
 SUBIDS = "rootless with subordinate ids"
 SINGLE = "rootless with one id"
+UNPRIVILEGED = "an ordinary user, without a user namespace"
+
+#: Why this process could not enter a user namespace ("" if it did, or did not try).
+unavailable = ""
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
@@ -153,7 +171,7 @@ def current_mode(uid_map: str | None = None) -> str:
     text = _read("/proc/self/uid_map") if uid_map is None else uid_map
     lines = [line.split() for line in (text or "").splitlines() if line.strip()]
     if lines == [["0", "0", str(_FULL_RANGE)]]:
-        return ROOT
+        return ROOT if uid_map is not None or os.geteuid() == 0 else UNPRIVILEGED
     if len(lines) == 1 and lines[0][2] == "1":
         return SINGLE
     return SUBIDS
@@ -212,13 +230,17 @@ def _write_maps(pid: int, mapping: Mapping, err: int) -> int:  # pragma: no cove
     return 0
 
 
+class NoUserNamespace(BuildError):
+    """The kernel would not make a user namespace here (disabled, or inside a container that forbids it)."""
+
+
 def _unshare() -> None:
     from builder import linux
 
     try:
         linux.unshare(_CLONE_NEWUSER | _CLONE_NEWNS)
     except OSError as err:
-        raise BuildError(
+        raise NoUserNamespace(
             f"cannot create a user namespace: {err.strerror}",
             hint="check that user namespaces are enabled (sysctl user.max_user_namespaces)",
         ) from None

@@ -3,6 +3,12 @@ tests/functional/test_rootless.py)."""
 
 from __future__ import annotations
 
+import errno
+import os
+
+import pytest
+from conftest import run_pybuild_here
+
 from builder import userns
 from builder.userns import IdMap
 
@@ -55,3 +61,22 @@ def test_the_running_process_mode_comes_from_its_uid_map() -> None:
     assert userns.current_mode("         0          0 4294967295\n") == userns.ROOT
     assert userns.current_mode("         0       1001          1\n") == userns.SINGLE
     assert userns.current_mode("0 1001 1\n1 100000 65536\n") == userns.SUBIDS
+
+
+def test_where_no_namespace_can_be_made_the_verbs_that_need_none_still_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from builder import linux
+
+    def refuse(flags: int) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(linux, "unshare", refuse)
+    monkeypatch.setattr(userns, "unavailable", "")
+    with pytest.raises(userns.NoUserNamespace, match="cannot create a user namespace: Operation not permitted"):
+        userns.enter(userns.plan(1000, 1000, "erin", "", "", TOOLS))
+    # The command line then carries on without one (an ordinary user listing images), and says why where it matters.
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    result = run_pybuild_here("images", "--format", "json")
+    assert result.code == 0, result.err
+    assert userns.unavailable == "cannot create a user namespace: Operation not permitted"

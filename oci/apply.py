@@ -36,7 +36,7 @@ from oci.digest import Digest, Hasher
 from oci.errors import DigestMismatch, InvalidArchive, LayerError, LimitExceeded, OCIError, UnsafeEntry
 from oci.kernelcopy import kernel_copy
 from oci.layer import OPAQUE, WHITEOUT_PREFIX
-from oci.tarformat import EntryType, TarEntry, TarReader, encode_name
+from oci.tarformat import EntryType, TarEntry, TarReader, encode_name, plain_file
 
 __all__ = [
     "OVERLAY_OPAQUE",
@@ -192,7 +192,7 @@ def apply_layer(
     """
     if same_owner is None:
         same_owner = os.geteuid() == 0
-    if trusted and expected_diff_id is not None and (fd := _plain_file(stream)) is not None:
+    if trusted and expected_diff_id is not None and (fd := _uncompressed_file(stream)) is not None:
         return _apply_trusted(fd, os.fsencode(root), expected_diff_id, limits, same_owner, overlay, what)
     _, plain = decompress_stream(stream)
     hashing = _HashingReader(plain, limits, what)
@@ -232,15 +232,12 @@ def _apply_trusted(
     return ApplyResult(diff_id, os.fstat(fd).st_size - start, reader.entries)
 
 
-def _plain_file(stream: BinaryIO) -> int | None:
-    """The descriptor of ``stream`` if it is an unbuffered regular file holding an uncompressed tar."""
-    try:
-        fd = stream.fileno()
-    except (AttributeError, OSError, ValueError):
+def _uncompressed_file(stream: BinaryIO) -> int | None:
+    """The descriptor of ``stream`` if it is a plain regular file holding an uncompressed tar."""
+    fd = plain_file(stream)
+    if fd is None or sniff(os.pread(fd, 4, os.lseek(fd, 0, os.SEEK_CUR))) is not Compression.NONE:
         return None
-    if not isinstance(stream, io.FileIO) or not stat.S_ISREG(os.fstat(fd).st_mode):
-        return None
-    return fd if sniff(os.pread(fd, 4, os.lseek(fd, 0, os.SEEK_CUR))) is Compression.NONE else None
+    return fd
 
 
 @contextlib.contextmanager

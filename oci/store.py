@@ -58,8 +58,7 @@ class BlobWriter:
         self._hasher = Hasher(expected.algorithm if expected else SHA256)
         store.ingest_dir.mkdir(parents=True, exist_ok=True)
         fd, self._temp = _create_temp(store.ingest_dir)
-        self._file = os.fdopen(fd, "wb", buffering=0)
-        self._reader: int | None = None  # the temporary file opened again to hash what the kernel copied
+        self._file = os.fdopen(fd, "wb", buffering=0)  # opened read-write: ``copy_file`` reads back what it copied
         self._done = False
 
     @property
@@ -104,21 +103,14 @@ class BlobWriter:
         return done
 
     def _hash_back(self, offset: int, count: int) -> None:
-        if self._reader is None:
-            self._reader = os.open(self._temp, os.O_RDONLY | os.O_CLOEXEC)
         buf = memoryview(bytearray(min(count, _CHUNK) or 1))
         end = offset + count
         while offset < end:
-            n = os.preadv(self._reader, [buf[: min(end - offset, len(buf))]], offset)
+            n = os.preadv(self._file.fileno(), [buf[: min(end - offset, len(buf))]], offset)
             if n == 0:
                 raise OCIError(f"{self._temp}: shorter than the bytes just copied into it")
             self._hasher.update(buf[:n])
             offset += n
-
-    def _close_reader(self) -> None:
-        if self._reader is not None:
-            os.close(self._reader)
-            self._reader = None
 
     def commit(self) -> Digest:
         """Verify, make durable and publish the blob; return its digest."""
@@ -128,7 +120,6 @@ class BlobWriter:
         if self._expected is not None and digest != self._expected:
             raise DigestMismatch(f"blob {self._expected}: content has digest {digest}")
         try:
-            self._close_reader()
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
@@ -146,7 +137,6 @@ class BlobWriter:
         if self._done:
             return
         self._done = True
-        self._close_reader()
         self._file.close()
         try:
             os.unlink(self._temp)
@@ -187,7 +177,7 @@ def _create_temp(directory: Path) -> tuple[int, Path]:
     for _ in range(100):
         path = directory / f"{os.getpid()}-{os.urandom(8).hex()}{_TEMP_SUFFIX}"
         try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
         except FileExistsError:
             continue
     raise OCIError(f"cannot create a temporary file in {directory}")

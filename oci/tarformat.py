@@ -24,7 +24,7 @@ from typing import BinaryIO
 from oci.errors import InvalidArchive, LayerError
 from oci.frozen import FrozenMap
 
-__all__ = ["BLOCK", "EntryType", "TarEntry", "TarReader", "TarWriter", "decode_name", "encode_name"]
+__all__ = ["BLOCK", "EntryType", "TarEntry", "TarReader", "TarWriter", "decode_name", "encode_name", "plain_file"]
 
 BLOCK = 512
 _CHUNK = 1 << 20
@@ -216,8 +216,9 @@ def _padding(size: int) -> bytes:
     return b"\0" * (-size % BLOCK)
 
 
-def _plain_file(data: BinaryIO) -> int | None:
-    """The descriptor under ``data`` if it is a regular file with nothing read ahead into a buffer, else None."""
+def plain_file(data: BinaryIO) -> int | None:
+    """The descriptor under ``data`` if it is a regular file with nothing read ahead into a buffer (so the
+    descriptor's offset is the stream's), else None."""
     try:
         fd = data.fileno()
         unread = data.tell() == os.lseek(fd, 0, os.SEEK_CUR)
@@ -242,10 +243,8 @@ class TarWriter:
 
     def add(self, entry: TarEntry, data: BinaryIO | None = None) -> None:
         """Write ``entry``; for a regular file, exactly ``entry.size`` bytes are copied from ``data``."""
-        self._buffer += encode_header(entry)
+        self._gather(encode_header(entry))
         if entry.type is not EntryType.FILE or entry.size == 0:
-            if len(self._buffer) >= _CHUNK:
-                self._flush()
             return
         if data is None:
             raise LayerError(f"{entry.path}: no content given for a {entry.size}-byte file")
@@ -261,16 +260,12 @@ class TarWriter:
                 self._flush()
                 self._out.write(chunk)
             else:
-                self._buffer += chunk
-                if len(self._buffer) >= _CHUNK:
-                    self._flush()
-        self._buffer += _padding(entry.size)
-        if len(self._buffer) >= _CHUNK:
-            self._flush()
+                self._gather(chunk)
+        self._gather(_padding(entry.size))
 
     def _copy_file(self, entry: TarEntry, data: BinaryIO) -> bool:
         copy = getattr(self._out, "copy_file", None)
-        fd = _plain_file(data)
+        fd = plain_file(data)
         if copy is None or fd is None:
             return False
         self._flush()
@@ -279,8 +274,13 @@ class TarWriter:
             return False
         if copied < entry.size:
             raise LayerError(f"{entry.path}: file shrank while it was being read")
-        self._buffer += _padding(entry.size)
+        self._gather(_padding(entry.size))
         return True
+
+    def _gather(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) >= _CHUNK:
+            self._flush()
 
     def _flush(self) -> None:
         if self._buffer:

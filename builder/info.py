@@ -93,9 +93,7 @@ def collect(store: Store) -> Info:
         overlay=_has_filesystem("overlay"),
         features=_features(store, mode),
         mode=mode,
-        id_maps="; ".join(" ".join(line.split()) for line in _uid_map().splitlines() if line.strip())
-        if mode != userns.ROOT
-        else "",
+        id_maps=userns.id_maps() if mode != userns.ROOT else "",
         why_single=userns.plan_for_me().why_single if mode == userns.SINGLE else "",
     )
 
@@ -125,13 +123,6 @@ def _has_filesystem(name: str) -> bool:
         return any(line.split()[-1] == name for line in Path("/proc/filesystems").read_text().splitlines())
     except OSError:
         return False
-
-
-def _uid_map() -> str:
-    try:
-        return Path("/proc/self/uid_map").read_text()
-    except OSError:
-        return ""
 
 
 def _overlay_in_user_namespace(store: Store) -> str:
@@ -171,7 +162,7 @@ def _features(store: Store, mode: str) -> dict[str, str]:
         found["RUN"] = "yes"
         return found
     if mode == userns.UNPRIVILEGED:
-        found["RUN"] = f"no: RUN needs root or a user namespace ({userns.unavailable or 'none was made'})"
+        found["RUN"] = "no: " + userns.needs_namespace("RUN", otherwise="none was made")
         return found
     overlay = _overlay_in_user_namespace(store)
     found["overlay in a user namespace"] = overlay

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 
 __all__ = [
@@ -28,7 +29,9 @@ __all__ = [
     "MS_REC",
     "MS_REMOUNT",
     "held_capabilities",
+    "id_ranges",
     "in_host_user_namespace",
+    "is_mapped",
     "keep_capabilities",
     "mount",
     "mount_overlay",
@@ -54,6 +57,7 @@ MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
+_FULL_RANGE = 4294967295  # the host's own id map: every id is itself
 
 _PR_SET_PDEATHSIG = 1
 _PR_CAPBSET_DROP = 24
@@ -132,13 +136,26 @@ def mount_overlay(
             os.close(fd)
 
 
+@functools.cache
+def id_ranges(kind: str = "uid") -> tuple[tuple[int, int, int], ...]:
+    """This process's ``kind`` ("uid" or "gid") map: ``(inside, outside, count)`` ranges. Read once: a process
+    never changes user namespace after pybuild has entered its own."""
+    try:
+        with open(f"/proc/self/{kind}_map", encoding="ascii") as f:
+            fields = [line.split() for line in f.read().splitlines() if line.strip()]
+    except OSError:
+        return ((0, 0, _FULL_RANGE),)
+    return tuple((int(a), int(b), int(c)) for a, b, c in fields)
+
+
+def is_mapped(id_: int, kind: str = "uid") -> bool:
+    """Whether the ``kind`` id ``id_`` exists in this process's user namespace."""
+    return any(inside <= id_ < inside + count for inside, _, count in id_ranges(kind))
+
+
 def in_host_user_namespace() -> bool:
     """Whether this process is in the host's user namespace (not rootless)."""
-    try:
-        with open("/proc/self/uid_map", encoding="ascii") as f:
-            return f.read().split() == ["0", "0", "4294967295"]
-    except OSError:
-        return True
+    return id_ranges() == ((0, 0, _FULL_RANGE),)
 
 
 def umount(target: str, flags: int = 0) -> None:

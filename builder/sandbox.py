@@ -40,7 +40,6 @@ closes the socket.
 from __future__ import annotations
 
 import binascii
-import errno
 import fcntl
 import json
 import os
@@ -127,21 +126,10 @@ def _mount_dev(root: str) -> None:
     for name, target in _DEV_LINKS:
         os.symlink(target, os.path.join(dev, name))
     os.mkdir(os.path.join(dev, "pts"), 0o755)
-    try:
-        linux.mount(
-            "devpts",
-            os.path.join(dev, "pts"),
-            "devpts",
-            linux.MS_NOSUID | linux.MS_NOEXEC,
-            "newinstance,ptmxmode=0666,mode=0620,gid=5",
-        )
-    except OSError as err:
-        if err.errno != errno.EINVAL:
-            raise
-        # Rootless with one id: group 5 (tty) is not mapped, so the terminals keep the group of their opener.
-        linux.mount(
-            "devpts", os.path.join(dev, "pts"), "devpts", linux.MS_NOSUID | linux.MS_NOEXEC, "newinstance,ptmxmode=0666"
-        )
+    # Terminals belong to group 5 (tty), unless it does not exist here (rootless with one id): then to their opener's.
+    tty = ",gid=5" if linux.is_mapped(5, "gid") else ""
+    options = "newinstance,ptmxmode=0666,mode=0620" + tty
+    linux.mount("devpts", os.path.join(dev, "pts"), "devpts", linux.MS_NOSUID | linux.MS_NOEXEC, options)
     os.mkdir(os.path.join(dev, "mqueue"), 0o755)
     linux.mount("mqueue", os.path.join(dev, "mqueue"), "mqueue", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
     os.mkdir(os.path.join(dev, "shm"), 0o1777)
@@ -577,8 +565,7 @@ def _become(uid: int, gid: int, groups: list[int]) -> None:
     except PermissionError:
         if not _setgroups_denied() or set(groups) - {gid, 0}:
             raise
-    unmapped = [i for i in (uid, gid) if not _mapped(i)]
-    if unmapped:
+    if not (linux.is_mapped(uid) and linux.is_mapped(gid, "gid")):
         os.write(
             2,
             f"user {uid}:{gid} does not exist in this rootless build: only id 0 is mapped (give the user "
@@ -594,16 +581,6 @@ def _setgroups_denied() -> bool:
             return f.read().strip() == "deny"
     except OSError:
         return False
-
-
-def _mapped(uid: int) -> bool:
-    """Whether ``uid`` exists in this user namespace (its uid_map and gid_map agree: pybuild maps both alike)."""
-    try:
-        with open("/proc/self/uid_map", encoding="ascii") as f:
-            lines = [line.split() for line in f.read().splitlines() if line.strip()]
-    except OSError:
-        return True
-    return any(int(start) <= uid < int(start) + int(count) for start, _, count in lines)
 
 
 def _join_cgroups(procs: list[str]) -> None:
@@ -674,6 +651,8 @@ def _serve(control_fd: int, engine_pid: int, scratch: str) -> NoReturn:
         # A Ctrl-C reaches the whole process group: it is the engine's to act on (it stops us), and the sandbox's
         # (which passes it to the command), not ours.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        linux.id_ranges()  # read once here, where every step's sandbox is forked from
+        linux.id_ranges("gid")
         control = socket.socket(fileno=control_fd)
         os.close(os.pidfd_open(os.getpid()))  # without pidfds (Linux < 5.3), the engine starts a program per step
         control.send(b"ready")

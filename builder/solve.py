@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import hashlib
 import os
 import stat
 import sys
@@ -38,7 +39,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from builder import cachekey, cgroups, mounts
 from builder import copy as copying
@@ -73,7 +74,6 @@ from oci.layout import ImageLayout
 # sandbox, cache mounts), an ADD of a URL or a git repository, --cache-from/--cache-to or parallel stages need is
 # imported where it is used (tests/builder/test_startup.py keeps it so). Names only annotations use come from this
 # block, which only type checkers read.
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     import concurrent.futures
 
@@ -175,12 +175,6 @@ def _named_context_tree(directory: Path) -> copying.ContextTree:
     return copying.ContextTree(directory, rules)
 
 
-def _no_namespace(what: str) -> str:
-    from builder import userns
-
-    return f"{what} needs root or a user namespace" + (f" ({userns.unavailable})" if userns.unavailable else "")
-
-
 def _single_id_hint() -> str:
     """Rootless with one id, what fails in a step is most often a chown or a user that does not exist there."""
     from builder import userns
@@ -235,6 +229,7 @@ class _Solver:
         # fork the sandboxes (see builder.executor). Not under ``_lock``, which a pull can hold for long.
         self._cache_mounts: CacheMountStore | None = None
         self._sandboxes: SandboxServers | None = None
+        self._limits_available = False  # --memory/--pids-limit checked against this machine's cgroups
         self._made = threading.Lock()
         self.redactor = mounts.Redactor(options.secrets.values())  # no secret value reaches a log or an error
         self.dockerfile = str(options.dockerfile.absolute()) if options.dockerfile is not None else plan.path
@@ -499,9 +494,13 @@ class _Solver:
         instruction = step.instruction
         if isinstance(instruction, ins.Run):
             mounts.check_run(step, allow=self.options.allow)
-            cgroups.check_available(self.options.run_limits)
+            if not self._limits_available:  # the same for every RUN of the build: read the cgroups once
+                cgroups.check_available(self.options.run_limits)
+                self._limits_available = True
             if os.geteuid() != 0:
-                raise BuildError(_no_namespace("RUN"), hint="enable user namespaces, or run pybuild as root")
+                from builder import userns
+
+                raise BuildError(userns.needs_namespace("RUN"), hint="enable user namespaces, or run pybuild as root")
             if self.network(step) not in ("default", "none", "host"):
                 raise BuildError(f"unsupported network mode {self.network(step)!r} (expected default, none or host)")
         elif isinstance(instruction, ins.Copy | ins.Add):
@@ -822,8 +821,6 @@ class _Solver:
         sources: list[Record] = []
         source = step.source or Source("context")
         if source.kind == "url":
-            import hashlib
-
             from builder.fetch import download
 
             assert isinstance(instruction, ins.Add)
@@ -1016,11 +1013,12 @@ class _Solver:
         try:
             if self.options.cache_from:
                 from builder.cacheshare import ImportedCache
-            for spec in self.options.cache_from:
-                imported = ImportedCache.open(spec, self.options.remote)
-                if imported.warning:
-                    self.progress.status(f"WARNING: {imported.warning}")
-                self.imported.append(imported)
+
+                for spec in self.options.cache_from:
+                    imported = ImportedCache.open(spec, self.options.remote)
+                    if imported.warning:
+                        self.progress.status(f"WARNING: {imported.warning}")
+                    self.imported.append(imported)
             working = sum(1 + sum(_works(s) for s in stage.steps) for stage in self.plan.stages)
             self.progress.expect(working)
             try:

@@ -33,8 +33,11 @@ __all__ = [
     "UNPRIVILEGED",
     "IdMap",
     "Mapping",
+    "NoUserNamespace",
     "current_mode",
     "enter",
+    "id_maps",
+    "needs_namespace",
     "plan",
     "subordinate_ranges",
     "unavailable",
@@ -104,22 +107,21 @@ def plan(
     installed (``tools``: the paths of newuidmap and newgidmap, None if absent), else the one id."""
     uids = subordinate_ranges(subuid_text or "", user, uid)
     gids = subordinate_ranges(subgid_text or "", user, uid)
-    single = Mapping(SINGLE, (IdMap(0, uid, 1),), (IdMap(0, gid, 1),))
     if not uids or not gids:
         missing = [f"/etc/{name}" for name, got in (("subuid", uids), ("subgid", gids)) if not got]
         verb = "has" if len(missing) == 1 else "have"
-        return _because(single, f"{' and '.join(missing)} {verb} no range for {user}")
-    if None in tools:
-        return _because(single, "newuidmap and newgidmap are not installed (Debian package uidmap)")
+        why = f"{' and '.join(missing)} {verb} no range for {user}"
+    elif None in tools:
+        why = "newuidmap and newgidmap are not installed (Debian package uidmap)"
+    else:
+        why = ""
+    if why:
+        return Mapping(SINGLE, (IdMap(0, uid, 1),), (IdMap(0, gid, 1),), why)
     return Mapping(
         SUBIDS,
         (IdMap(0, uid, 1), *(_ranges(uids))),
         (IdMap(0, gid, 1), *(_ranges(gids))),
     )
-
-
-def _because(mapping: Mapping, why: str) -> Mapping:
-    return Mapping(mapping.mode, mapping.uids, mapping.gids, why)
 
 
 def _ranges(ranges: list[tuple[int, int]]) -> list[IdMap]:
@@ -134,7 +136,7 @@ def _ranges(ranges: list[tuple[int, int]]) -> list[IdMap]:
 def plan_for_me() -> Mapping:
     """The mapping for the user running pybuild (the one outside, if this process is in a namespace already),
     from this machine's files and tools."""
-    uid, gid = _outside(os.getuid(), "/proc/self/uid_map"), _outside(os.getgid(), "/proc/self/gid_map")
+    uid, gid = _outside(os.getuid(), "uid"), _outside(os.getgid(), "gid")
     try:
         user = pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -149,12 +151,13 @@ def plan_for_me() -> Mapping:
     )
 
 
-def _outside(inside: int, map_path: str) -> int:
-    """The host id that ``inside`` is, by this process's map (``inside`` itself in the host's namespace)."""
-    for line in (_read(map_path) or "").splitlines():
-        fields = line.split()
-        if len(fields) == 3 and int(fields[0]) <= inside < int(fields[0]) + int(fields[2]):
-            return int(fields[1]) + inside - int(fields[0])
+def _outside(inside: int, kind: str) -> int:
+    """The host id that the ``kind`` id ``inside`` is, by this process's map (itself in the host's namespace)."""
+    from builder import linux
+
+    for start, outside, count in linux.id_ranges(kind):
+        if start <= inside < start + count:
+            return outside + inside - start
     return inside
 
 
@@ -166,13 +169,22 @@ def _read(path: str) -> str | None:
         return None
 
 
-def current_mode(uid_map: str | None = None) -> str:
-    """What the running process is: ``ROOT`` (in the host's namespace, as root), ``SUBIDS`` or ``SINGLE``."""
-    text = _read("/proc/self/uid_map") if uid_map is None else uid_map
-    lines = [line.split() for line in (text or "").splitlines() if line.strip()]
-    if lines == [["0", "0", str(_FULL_RANGE)]]:
-        return ROOT if uid_map is not None or os.geteuid() == 0 else UNPRIVILEGED
-    if len(lines) == 1 and lines[0][2] == "1":
+def id_maps() -> str:
+    """This process's uid map, its ``inside outside count`` ranges joined by ``; ``."""
+    from builder import linux
+
+    return "; ".join(f"{start} {outside} {count}" for start, outside, count in linux.id_ranges())
+
+
+def current_mode(ranges: tuple[tuple[int, int, int], ...] | None = None, euid: int | None = None) -> str:
+    """What the running process is (or one with the uid map ``ranges`` and ``euid``): ``ROOT`` (in the host's
+    namespace, as root), ``UNPRIVILEGED`` (there, as another user), ``SUBIDS`` or ``SINGLE``."""
+    from builder import linux
+
+    found = linux.id_ranges() if ranges is None else ranges
+    if found == ((0, 0, _FULL_RANGE),):
+        return ROOT if (os.geteuid() if euid is None else euid) == 0 else UNPRIVILEGED
+    if len(found) == 1 and found[0][2] == 1:
         return SINGLE
     return SUBIDS
 
@@ -185,6 +197,7 @@ def enter(mapping: Mapping) -> None:
         _write("/proc/self/setgroups", "deny")
         _write("/proc/self/uid_map", mapping.uids[0].line())
         _write("/proc/self/gid_map", mapping.gids[0].line())
+        _entered()
         return
     parent = os.getpid()
     go_r, go_w = os.pipe()
@@ -216,6 +229,13 @@ def enter(mapping: Mapping) -> None:
         )
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
+    _entered()
+
+
+def _entered() -> None:
+    from builder import linux
+
+    linux.id_ranges.cache_clear()  # read before, as the host's maps
 
 
 def _write_maps(pid: int, mapping: Mapping, err: int) -> int:  # pragma: no cover - runs in the helper
@@ -228,6 +248,12 @@ def _write_maps(pid: int, mapping: Mapping, err: int) -> int:  # pragma: no cove
             os.write(err, done.stderr or f"{tool} exited with {done.returncode}".encode())
             return 1
     return 0
+
+
+def needs_namespace(what: str, otherwise: str = "") -> str:
+    """The message for ``what``, which needs root or a user namespace, here where none could be made."""
+    why = unavailable or otherwise
+    return f"{what} needs root or a user namespace" + (f" ({why})" if why else "")
 
 
 class NoUserNamespace(BuildError):

@@ -58,9 +58,9 @@ def test_without_ranges_or_tools_only_the_user_is_mapped_and_info_says_why() -> 
 
 
 def test_the_running_process_mode_comes_from_its_uid_map() -> None:
-    assert userns.current_mode("         0          0 4294967295\n") == userns.ROOT
-    assert userns.current_mode("         0       1001          1\n") == userns.SINGLE
-    assert userns.current_mode("0 1001 1\n1 100000 65536\n") == userns.SUBIDS
+    assert userns.current_mode(((0, 0, 4294967295),), euid=0) == userns.ROOT
+    assert userns.current_mode(((0, 1001, 1),)) == userns.SINGLE
+    assert userns.current_mode(((0, 1001, 1), (1, 100000, 65536))) == userns.SUBIDS
 
 
 def test_where_no_namespace_can_be_made_the_verbs_that_need_none_still_work(

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, _missing, require_root, require_tool, write_context
+from conftest import REPO, _missing, require_root, require_tool, run_pybuild, write_context
 
 SUBIDS_USER = "pybuild-rootless"
 SINGLE_USER = "pybuild-single"
@@ -118,12 +118,11 @@ def _readable_copy(path: Path, tmp_path: Path) -> Path:
 
 
 def _root_build(busybox_tar: Path, context: Path, tmp_path: Path) -> str:
-    env = {**os.environ, "PYBUILD_ROOT": str(tmp_path / "root-store"), "SOURCE_DATE_EPOCH": "1700000000"}
-    cli = [sys.executable, "-m", "builder"]
+    env = {"PYBUILD_ROOT": str(tmp_path / "root-store"), "SOURCE_DATE_EPOCH": "1700000000"}
     for args in (["import", "-q", str(busybox_tar), "busybox"], ["build", "-q", "-t", "app", str(context)]):
-        done = subprocess.run([*cli, *args], capture_output=True, text=True, env=env, cwd=REPO)
-        assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
+        done = run_pybuild(*args, env=env)
+        assert done.code == 0, done.err
+    return done.out.strip()
 
 
 def test_a_build_with_subordinate_ids_gives_the_root_build_s_image(

@@ -32,7 +32,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from builder.errors import BuildError
 from oci.canonical import canonical_json
@@ -43,7 +43,6 @@ from oci.store import pid_alive
 
 # Only type checkers read this block: the index stores what cachekey and checksum make without importing them (the
 # front end, the plan), so that a verb that only guards the store (pull, import) does not load them.
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from builder.cachekey import Files
     from builder.checksum import StatRow

@@ -34,7 +34,6 @@ from builder.errors import BuildError
 from builder.layerview import Stack, find_entry, read_layer, whiteout_target
 from builder.root import Store
 from builder.snapshot import SnapshotStore, remove_dir
-from builder.units import parse_duration, parse_size  # their home before builder.units; still importable here
 from oci.canonical import load_json_object
 from oci.compression import Compression
 from oci.digest import Digest
@@ -54,8 +53,6 @@ __all__ = [
     "last_build",
     "layer_changes",
     "list_entries",
-    "parse_duration",
-    "parse_size",
     "plan_prune",
     "prune",
     "prune_candidates",

@@ -48,7 +48,7 @@ __all__ = [
 MIN_MEMORY = 6 * 1024 * 1024  # docker's minimum for --memory
 PREFIX = "pybuild-"
 _NAME = re.compile(r"pybuild-(\d+)-[0-9a-f]+")
-_SIZE = r"(\d+(?:\.\d+)?) ?([kmgtp])?i?b?"  # compiled (by re, once) when --memory is given
+_SIZE = re.compile(r"(\d+(?:\.\d+)?) ?([kmgtp])?i?b?", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 _CONTROLLERS = {"memory": "--memory", "pids": "--pids-limit"}
 _V1_OPTIONS = frozenset({"rw", "ro", "none", "noprefix", "clone_children", "xattr", "cpuset_v2_mode", "favordynmods"})
@@ -82,7 +82,7 @@ class Limits:
 def parse_memory(text: str) -> int:
     """Docker's ``--memory``: a number of bytes with an optional binary unit (``64k``, ``512m``, ``1.5g``, ``1gb``),
     at least 6 MiB. Raises ValueError with docker's wording."""
-    match = re.fullmatch(_SIZE, text.strip(), re.IGNORECASE)
+    match = _SIZE.fullmatch(text.strip())
     if match is None:
         raise ValueError(f"invalid size: {text!r}")
     size = int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from builder import layerview
     from builder.cache import CacheIndex
+    from builder.cacheshare import CacheSpec
     from builder.export import OutputSpec
     from builder.frontend.dockerfile import DockerfileAST
     from builder.plan import BuildPlan, PlanOptions
@@ -520,17 +521,20 @@ def cmd_build(ctx: _Context) -> int:
         outputs = [parse_output(text) for text in args.output]
         if args.push:
             outputs.append(parse_output("type=registry"))
-    for spec in outputs:
-        check_destination(spec, store=ctx.store)
+        for spec in outputs:
+            check_destination(spec, store=ctx.store)
     if sum(spec.to_stdout for spec in outputs) > 1:
         raise UsageError("only one --output can write to standard output")
     names = _parse_refs(request.tags)
+    cache_from: tuple[CacheSpec, ...] = ()
+    cache_to: tuple[CacheSpec, ...] = ()
     if args.cache_from or args.cache_to:  # only a build that shares its cache needs the cache formats
         from builder.cacheshare import check_cache_destination, parse_cache_option
-    cache_from = tuple(parse_cache_option(text, "--cache-from") for text in args.cache_from)
-    cache_to = tuple(parse_cache_option(text, "--cache-to") for text in args.cache_to)
-    for spec in cache_to:
-        check_cache_destination(spec.path, ctx.store)
+
+        cache_from = tuple(parse_cache_option(text, "--cache-from") for text in args.cache_from)
+        cache_to = tuple(parse_cache_option(text, "--cache-to") for text in args.cache_to)
+        for spec in cache_to:
+            check_cache_destination(spec.path, ctx.store)
     secrets = read_secrets(args.secret, ctx.environ)
     agents = FrozenMap(read_agents(args.ssh, ctx.environ))
     allow = parse_allow(args.allow)

@@ -381,10 +381,7 @@ class _Server:
         """Stop the server in the middle of a fork, and wait until the sandbox it may have started is gone: the
         sandbox only runs once its pidfd is sent, and what was sent can still be read once the server is dead
         (``init_pid``: where the sandbox writes its container's init's pid)."""
-        self.usable = False
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+        self._end()
         import socket
 
         self.control.setblocking(False)
@@ -400,8 +397,11 @@ class _Server:
 
     def stop(self) -> None:
         """End the server (a sandbox it runs dies with it) and reap it."""
-        self.usable = False
+        self._end()
         self.control.close()
+
+    def _end(self) -> None:
+        self.usable = False
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()

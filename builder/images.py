@@ -171,6 +171,8 @@ def image_by_name(layout: ImageLayout, name: str, platform: Platform) -> Image:
             if image is None:
                 raise ImageNotFound(f"{name}: the image's content is missing or broken")
             return image
+    if re.fullmatch(_ID_PREFIX, name) is None:
+        raise ImageNotFound(f"no such image: {name}")  # what resolve_image says, without loading every image
     return resolve_image(layout, name, platform).image
 
 

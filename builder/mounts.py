@@ -40,7 +40,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from builder.checksum import Checksums, StatCache, checksum_source
 from builder.copy import ContextTree, CopyError, ImageTree, SourceTree, check_inside, resolve
@@ -51,7 +51,6 @@ from builder.plan import Source, Step
 from builder.snapshot import RootView
 
 # A cached RUN needs only the key of its mounts: the executor's types come with the first run (``prepared``).
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from builder.executor import MountPoint
 

@@ -10,10 +10,9 @@ import re
 
 __all__ = ["parse_duration", "parse_size"]
 
-# Compiled (by re, once) when an option gives a duration or a size: most commands read none.
-_DURATION_PART = r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)"
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_SIZE = r"(\d+(?:\.\d+)?) ?(?:([kKmMgGtT])([iI])?)?([bB])?"
+_SIZE = re.compile(r"(\d+(?:\.\d+)?) ?(?:([kKmMgGtT])([iI])?)?([bB])?")
 
 
 def parse_duration(text: str) -> float:
@@ -21,9 +20,8 @@ def parse_duration(text: str) -> float:
     if text == "0":
         return 0.0
     total, position = 0.0, 0
-    part = re.compile(_DURATION_PART)
     while position < len(text):
-        match = part.match(text, position)
+        match = _DURATION_PART.match(text, position)
         if match is None:
             break
         total += float(match[1]) * _DURATION_UNITS[match[2]]
@@ -36,7 +34,7 @@ def parse_duration(text: str) -> float:
 def parse_size(text: str) -> int:
     """Bytes from ``512MB``, ``10GB`` (decimal: kB, MB, GB, TB), ``1g``, ``100m``, ``2GiB``, ``1gb`` (binary, as
     Docker's RAMInBytes reads k, m, g, t with or without b or ib), or plain bytes."""
-    match = re.fullmatch(_SIZE, text.strip())
+    match = _SIZE.fullmatch(text.strip())
     if match is None or not text.strip():
         raise ValueError(f"invalid size {text!r} (examples: 10GB, 512MB, 2GiB, 1g, 100m, 1048576)")
     number, letter, binary, byte = match.groups()

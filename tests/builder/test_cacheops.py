@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from builder import cacheops
+from builder import cacheops, units
 from builder.cache import CacheEntry, CacheIndex
 from builder.commit import store_image
 from builder.compressed import CompressedLayers
@@ -328,7 +328,7 @@ def test_prune_all_forgets_the_context_stat_caches_and_a_bounded_prune_keeps_the
 ) -> None:
     rows = {b"/ctx/a": (1, 2, 3, 4, "sha256:" + "0" * 64)}
     index.save_stats(b"/ctx", rows)  # type: ignore[arg-type]
-    cacheops.prune(store, index, cacheops.PruneOptions(all=True, until=cacheops.parse_duration("1h")))
+    cacheops.prune(store, index, cacheops.PruneOptions(all=True, until=units.parse_duration("1h")))
     assert index.load_stats(b"/ctx") == rows
     cacheops.prune(store, index, cacheops.PruneOptions(all=True, keep_storage=1))
     assert index.load_stats(b"/ctx") == rows
@@ -341,7 +341,7 @@ def test_prune_all_forgets_the_context_stat_caches_and_a_bounded_prune_keeps_the
 def test_prune_until_keeps_entries_used_recently(store: Store, index: CacheIndex) -> None:
     old = put(index, "old", sized(store, "old", 10), last_used=NOW - 48 * HOUR)
     recent = put(index, "recent", sized(store, "recent", 10), last_used=NOW - 2 * HOUR)
-    options = cacheops.PruneOptions(until=cacheops.parse_duration("24h"))
+    options = cacheops.PruneOptions(until=units.parse_duration("24h"))
     result = cacheops.prune(store, index, options, now=NOW)
     assert result.deleted == (str(old.key),)
     assert keys(index.entries()) == [str(recent.key)]
@@ -466,13 +466,13 @@ def test_plan_prune_is_what_prune_deletes(store: Store, index: CacheIndex) -> No
     ],
 )
 def test_parse_duration(text: str, seconds: float) -> None:
-    assert cacheops.parse_duration(text) == pytest.approx(seconds)
+    assert units.parse_duration(text) == pytest.approx(seconds)
 
 
 @pytest.mark.parametrize("text", ["", "24", "h", "1x", "-1h", "1h 30m", "1w", "1hh", "10 s"])
 def test_parse_duration_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="invalid duration"):
-        cacheops.parse_duration(text)
+        units.parse_duration(text)
 
 
 @pytest.mark.parametrize(
@@ -495,13 +495,13 @@ def test_parse_duration_refuses(text: str) -> None:
     ],
 )
 def test_parse_size(text: str, size: int) -> None:
-    assert cacheops.parse_size(text) == size
+    assert units.parse_size(text) == size
 
 
 @pytest.mark.parametrize("text", ["", "GB", "10XB", "-1", "1.2.3", "10GBs", "1iB", "1e9"])
 def test_parse_size_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="invalid size"):
-        cacheops.parse_size(text)
+        units.parse_size(text)
 
 
 # ---------------------------------------------------------------------------------------------- explain

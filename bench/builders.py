@@ -79,14 +79,13 @@ def quiet(argv: list[str], env: dict[str, str] | None = None, check: bool = True
 
 def layout_layer_bytes(layout: Path, base_layers: int) -> tuple[int, int, list[str]]:
     """(count, compressed bytes, media types) of the layers an image in an OCI layout adds to its base."""
-    index = json.loads((layout / "index.json").read_text())
-    manifest_digest = index["manifests"][0]["digest"]
-    manifest = json.loads((layout / "blobs" / Path(*manifest_digest.split(":"))).read_text())
-    if manifest.get("mediaType", "").endswith("index.v1+json") or "manifests" in manifest:
-        manifest_digest = manifest["manifests"][0]["digest"]
-        manifest = json.loads((layout / "blobs" / Path(*manifest_digest.split(":"))).read_text())
-    added = manifest["layers"][base_layers:]
-    return len(added), sum(layer["size"] for layer in added), sorted({layer["mediaType"] for layer in added})
+    from builder.platforms import host_platform
+    from oci.layout import ImageLayout
+
+    lay = ImageLayout.open(layout)
+    # An index.json entry that is itself an index resolves to its manifest for this machine's platform.
+    added = lay.image(lay.index().manifests[0], host_platform()).layers[base_layers:]
+    return len(added), sum(layer.size for layer in added), sorted({layer.media_type for layer in added})
 
 
 class Builder:
@@ -141,9 +140,8 @@ class Pybuild(Builder):
         self.env.pop("SOURCE_DATE_EPOCH", None)
         # The .pyc files users get after their first run.
         quiet([sys.executable, "-m", "compileall", "-q", str(REPO / "builder"), str(REPO / "oci")])
-        for name, archive in bases.items():
+        for archive in bases.values():
             quiet(self._cli("load", "-q", "-i", str(archive)), self.env)
-            del name
 
     def reset(self) -> None:
         for tag in sorted(self.tags):
@@ -158,17 +156,20 @@ class Pybuild(Builder):
         if cached:
             raise BenchError(f"pybuild's step cache still holds {len(cached)} entries after the reset")
 
+    def _build(self, tag: str, context: Path, *extra: str) -> Sample:
+        jobs = ["--jobs", str(self.jobs)] if self.jobs is not None else []
+        return measure(
+            self._cli("build", "-q", "--progress", "plain", *jobs, "-t", tag, *extra, str(context)), self.env
+        )
+
     def build(self, context: Path, tag: str) -> Sample:
         self.tags.add(tag)
         self.contexts[tag] = context
-        jobs = ["--jobs", str(self.jobs)] if self.jobs is not None else []
-        return measure(self._cli("build", "-q", "--progress", "plain", *jobs, "-t", tag, str(context)), self.env)
+        return self._build(tag, context)
 
     def export(self, tag: str, dest: Path) -> Sample:
         # The whole command a user runs for a layout: the (cached) build and its gzip OCI output.
-        context = self.contexts[tag]
-        out = f"type=oci,dest={dest},tar=false"
-        return measure(self._cli("build", "-q", "--progress", "plain", "-t", tag, "-o", out, str(context)), self.env)
+        return self._build(tag, self.contexts[tag], "-o", f"type=oci,dest={dest},tar=false")
 
 
 class Buildah(Builder):

@@ -19,26 +19,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.builders import BenchError
+from bench.builders import measure
 from bench.workloads import Workload
-
-
-def _timed(argv: list[str], **kwargs: object) -> float:
-    started = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, check=False, **kwargs)  # type: ignore[call-overload]
-    if proc.returncode != 0:
-        raise BenchError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-2000:]}")
-    return time.perf_counter() - started
 
 
 def copy_floor(context: Path, paths: tuple[str, ...], scratch: Path) -> dict[str, float | int]:
     tar = scratch / "floor.tar"
     try:
         result: dict[str, float | int] = {
-            "tar": _timed(["tar", "-cf", str(tar), "-C", str(context), *paths]),
-            "sha256sum": _timed(["sha256sum", str(tar)]),
-            "gzip_1": _timed(["sh", "-c", f"gzip -1 -c {tar} > {tar}.gz"]),
-            "zstd_T0": _timed(["zstd", "-q", "-f", "-T0", str(tar), "-o", f"{tar}.zst"]),
+            "tar": measure(["tar", "-cf", str(tar), "-C", str(context), *paths]).seconds,
+            "sha256sum": measure(["sha256sum", str(tar)]).seconds,
+            "gzip_1": measure(["sh", "-c", f"gzip -1 -c {tar} > {tar}.gz"]).seconds,
+            "zstd_T0": measure(["zstd", "-q", "-f", "-T0", str(tar), "-o", f"{tar}.zst"]).seconds,
             "tar_bytes": tar.stat().st_size,
             "gzip_bytes": Path(f"{tar}.gz").stat().st_size,
             "zstd_bytes": Path(f"{tar}.zst").stat().st_size,
@@ -69,7 +61,7 @@ def run_floor(workload: Workload, context: Path, base_rootfs: Path, scratch: Pat
                 mounts.append(root / name)
 
             def one(command: str) -> float:
-                return _timed(["chroot", str(root), "/bin/sh", "-c", command], env=_RUN_ENV)
+                return measure(["chroot", str(root), "/bin/sh", "-c", command], _RUN_ENV).seconds
 
             started = time.perf_counter()
             if workload.parallel_runs:

@@ -20,7 +20,7 @@ import os
 import random
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 BUSYBOX = "bench-busybox"
@@ -42,10 +42,6 @@ class Workload:
     runs: tuple[str, ...] = ()  # the RUN commands, in order: the run floor
     parallel_runs: bool = False  # the RUN commands are independent stages (the floor runs them one per CPU)
     steps: int = 0  # RUN steps, for the per-step overhead
-    notes: list[str] = field(default_factory=list)
-
-    def dockerfile(self, context: Path) -> str:
-        return (context / "Dockerfile").read_text()
 
 
 def _write_app(context: Path) -> None:

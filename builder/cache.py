@@ -230,6 +230,11 @@ def _index_error(err: sqlite3.Error, directory: str) -> Exception:
     return CacheIndexError(f"the cache index ({INDEX_FILE}): {err}")
 
 
+def _busy(err: BaseException) -> bool:
+    cause = err.__cause__
+    return isinstance(cause, sqlite3.Error) and getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+
+
 def _out_of_space(directory: str) -> bool:
     """Whether the filesystem is (all but) full: SQLite reports a write that failed with ENOSPC in its WAL or
     shared-memory file as a plain "disk I/O error", and this tells the two apart."""
@@ -254,6 +259,22 @@ class CacheIndex:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._parents: dict[str, tuple[Descriptor, Digest]] = {}  # see _parents
+        # Two processes opening a new index at once: SQLite answers the one that loses the race to switch it to
+        # WAL "database is locked" at once, without waiting, on the switch or on the first transaction after it.
+        # Only then is the whole opening tried again (afterwards, writers wait for each other as usual).
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                self._create()
+                return
+            except CacheIndexError as err:
+                if not _busy(err) or time.monotonic() > deadline:
+                    raise
+                self.close()
+                time.sleep(0.02)
+
+    def _create(self) -> None:
+        """Open the index (its tables made, or emptied if another schema's)."""
         with self.transaction() as db:
             db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
             row = db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
@@ -276,8 +297,12 @@ class CacheIndex:
             )
             db.directory = os.fspath(self.path.parent)  # type: ignore[attr-defined]
             db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+            except BaseException:
+                db.close()
+                raise
             self._local.db = db
             with self._connections_lock:
                 self._connections.append(db)

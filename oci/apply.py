@@ -157,16 +157,19 @@ def _write_all(fd: int, view: memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-@functools.cache
 def opaque_xattr() -> str:
     """The opaque marker overlayfs reads here: ``trusted.overlay.opaque`` in the host's user namespace, and
     ``user.overlay.opaque`` inside another (rootless), where overlayfs is mounted with ``userxattr``."""
+    return OVERLAY_OPAQUE if _in_host_user_namespace() else USER_OVERLAY_OPAQUE
+
+
+@functools.cache
+def _in_host_user_namespace() -> bool:
     try:
         with open("/proc/self/uid_map", encoding="ascii") as f:
-            host = f.read().split() == ["0", "0", "4294967295"]
+            return f.read().split() == ["0", "0", "4294967295"]
     except OSError:
-        host = True
-    return OVERLAY_OPAQUE if host else USER_OVERLAY_OPAQUE
+        return True
 
 
 def apply_layer(
@@ -185,7 +188,10 @@ def apply_layer(
     ``same_owner`` sets file owners from the archive; by default only when running as root. With ``overlay``,
     ``root`` is an empty directory that is to hold this layer alone, as an overlayfs lower directory: whiteouts
     become overlayfs whiteouts (a 0/0 character device) and opaque markers the ``trusted.overlay.opaque``
-    attribute, instead of deleting anything. ``what`` names the stream in a ``LimitExceeded`` message.
+    attribute (``user.overlay.opaque`` in a user namespace), instead of deleting anything; and there, a device
+    node the kernel refuses to make (no user namespace may) is left out, as containers/storage and BuildKit leave
+    it out of a rootless snapshot: RUN mounts its own ``/dev``, and the layer keeps the node. ``what`` names the
+    stream in a ``LimitExceeded`` message.
 
     ``trusted`` says the caller has itself just written and hashed these bytes as ``expected_diff_id``: when they
     are an uncompressed tar in a plain file, they are not hashed again and big contents are copied by the kernel.
@@ -572,6 +578,8 @@ class _Applier:
             try:
                 os.mknod(name, kind | 0o600, os.makedev(entry.devmajor, entry.devminor), dir_fd=parent)
             except PermissionError:
+                if self._overlay and not _in_host_user_namespace():
+                    return  # a rootless snapshot (see apply_layer)
                 raise LayerError(f"{entry.path}: creating a device node needs root") from None
         self._chown(name, entry, parent)
         os.chmod(name, entry.mode, dir_fd=parent)

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from fakeregistry import BlobStore, FakeRegistry
@@ -33,6 +34,9 @@ from oci.descriptor import Descriptor
 from oci.digest import Digest
 from oci.layer import LayerItem, write_layer
 from oci.tarformat import EntryType, TarEntry
+
+if TYPE_CHECKING:
+    from rootless import Runtime
 
 REPO = Path(__file__).resolve().parent.parent
 TESTDATA = REPO / "testdata"
@@ -125,6 +129,14 @@ def index(store: Store) -> Iterator[CacheIndex]:
     cache = CacheIndex(store.root)
     yield cache
     cache.close()
+
+
+@pytest.fixture(scope="session")
+def rootless_runtime(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
+    """pybuild and its dependencies where every user may run them (``rootless.Runtime``; see tests/rootless.py)."""
+    from rootless import make_runtime
+
+    return make_runtime(tmp_path_factory.mktemp("rootless-runtime"))
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, require_root, run_pybuild
+from conftest import REPO, CLIResult, require_root, run_pybuild
+from rootless import EPOCH, SUBIDS_USER, Runtime, give, home_for, readable_copy, run_as, user
 
 from conformance.cases import (
     CASES_DIR,
@@ -58,7 +59,7 @@ def base(busybox_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> Base:
         capture_output=True,
         text=True,
         cwd=REPO,
-        env={**os.environ, "PYBUILD_ROOT": str(store)},
+        env={**os.environ, "PYBUILD_ROOT": str(store), "SOURCE_DATE_EPOCH": EPOCH},
     )
     assert proc.returncode == 0, f"pybuild import failed:\n{proc.stderr}"
     image = read_oci_layout(store, BASE_REF)
@@ -122,15 +123,83 @@ def test_case(case: Case, base: Base, store_root: Path, tmp_path: Path) -> None:
     shutil.copytree(base.store, store_root)
     context, dockerfile = case.prepare(tmp_path / "work")
     out = tmp_path / "image"
-    result = run_pybuild(
-        "build",
-        "-f",
-        str(dockerfile),
-        "--output",
-        f"type=oci,dest={out},tar=false",
-        *case.build_options(),
-        str(context),
-    )
+    result = run_pybuild(*build_args(case, context, dockerfile, out), env={"SOURCE_DATE_EPOCH": EPOCH})
+    if judge(case, expected, result, out, base):
+        ROOT_DIGESTS[case.name] = image_digest(out)
+
+
+#: Cases an ordinary user cannot build, whatever the builder: the kernel refuses the user namespace what they do
+#: (case -> what the failed build must say). Listed in testdata/conformance/README.md.
+ROOTLESS_LIMITS = {
+    # No user namespace may make a device node (CAP_MKNOD counts only in the host's): rootless BuildKit, podman
+    # and buildah fail the same RUN.
+    "run-mknod": "mknod: /opt/dev/null: Operation not permitted",
+}
+
+#: The image each case built as root in this session (with SOURCE_DATE_EPOCH), for the rootless run to match.
+ROOT_DIGESTS: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def rootless_base(busybox_tar: Path, rootless_runtime: Runtime, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The busybox image imported by the ordinary user with subordinate ids into a store of its own."""
+    who = user(SUBIDS_USER)
+    top = tmp_path_factory.mktemp("conformance-rootless-base")
+    store = home_for(who, top)
+    tarball = readable_copy(busybox_tar, top)
+    imported = run_as(who, rootless_runtime, store, "import", "-q", str(tarball), "busybox")
+    assert imported.returncode == 0, f"pybuild import as {who.pw_name} failed:\n{imported.stderr}"
+    return store
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_case_rootless(
+    case: Case, base: Base, rootless_base: Path, rootless_runtime: Runtime, tmp_path: Path, store_root: Path
+) -> None:
+    """The suite a second time, built by an ordinary user with subordinate ids: the same result as the reference,
+    and the same image, digest for digest, as the root build."""
+    who = user(SUBIDS_USER)
+    expected = load_expected(case)
+    store = home_for(who, tmp_path)
+    subprocess.run(["cp", "-a", str(rootless_base), str(store)], check=True)
+    work = tmp_path / "work"
+    context, dockerfile = case.prepare(work)
+    if not dockerfile.is_relative_to(context):  # the case's own Dockerfile, in a checkout the user may not reach
+        dockerfile = Path(shutil.copy2(dockerfile, work / dockerfile.name))
+    # The user's own context, but for the files the case gives other owners on purpose.
+    give(work, who, keep=tuple(context / path for path in case.options.get("owners", {})))
+    out = store.parent / "image"
+    result = CLIResult(run_as(who, rootless_runtime, store, *build_args(case, context, dockerfile, out)))
+    if case.name in ROOTLESS_LIMITS:
+        assert result.code == 1, result
+        assert ROOTLESS_LIMITS[case.name] in result.err, result
+        assert f"{dockerfile}:" in result.err.strip().splitlines()[-1], result
+        return
+    if not judge(case, expected, result, out, base):
+        return
+    if case.name not in ROOT_DIGESTS:  # this test alone: build as root too
+        shutil.copytree(base.store, store_root)
+        root_out = tmp_path / "root-image"
+        built = run_pybuild(*build_args(case, context, dockerfile, root_out), env={"SOURCE_DATE_EPOCH": EPOCH})
+        assert judge(case, expected, built, root_out, base)
+        ROOT_DIGESTS[case.name] = image_digest(root_out)
+    assert image_digest(out) == ROOT_DIGESTS[case.name], f"{case.name}: the rootless build made another image"
+
+
+def build_args(case: Case, context: Path, dockerfile: Path, out: Path) -> list[str]:
+    output = f"type=oci,dest={out},tar=false"
+    return ["build", "-f", str(dockerfile), "--output", output, *case.build_options(), str(context)]
+
+
+def image_digest(layout: Path) -> str:
+    """The digest of the one image in the OCI layout ``layout``."""
+    (manifest,) = json.loads((layout / "index.json").read_text())["manifests"]
+    return str(manifest["digest"])
+
+
+def judge(case: Case, expected: dict[str, Any], result: CLIResult, out: Path, base: Base) -> bool:
+    """Fail the test unless ``result`` is what the reference did: True when it built an image (at ``out``)."""
     if case.pending:
         # Not built yet, and refused in the open: the expectation waits for the issue that adds the feature.
         if result.code != 1 or "not supported yet" not in result.err:
@@ -139,7 +208,7 @@ def test_case(case: Case, base: Base, store_root: Path, tmp_path: Path) -> None:
                 f"{result}; if the feature has landed, remove 'pending' from its case.json",
                 pytrace=False,
             )
-        return
+        return False
     if expected.get("error"):
         if result.code != expected["exit_code"]:
             pytest.fail(
@@ -149,7 +218,7 @@ def test_case(case: Case, base: Base, store_root: Path, tmp_path: Path) -> None:
         for text in expected["contains"]:
             if text not in message:
                 pytest.fail(f"{case.name}: the error does not mention {text!r}:\n{message[-2000:]}", pytrace=False)
-        return
+        return False
     if result.code != 0:
         pytest.fail(f"{case.name}: the build failed ({result.code}):\n{result.err[-3000:]}", pytrace=False)
     actual = summarize(read_oci_layout(out), base.image, base.tree)
@@ -159,6 +228,7 @@ def test_case(case: Case, base: Base, store_root: Path, tmp_path: Path) -> None:
         pytest.fail(
             f"{case.name} differs from the reference{note}:\n{describe_difference(expected, actual)}", pytrace=False
         )
+    return True
 
 
 def test_the_suite_is_complete() -> None:

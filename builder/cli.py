@@ -2261,6 +2261,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.command is None:
             parser.print_help(sys.stderr)
             return 2
+        if environ.get("PYBUILD_SNAPSHOTTER"):
+            from builder import copysnap
+
+            copysnap.choose(environ["PYBUILD_SNAPSHOTTER"])
         if os.geteuid() != 0:
             _enter_user_namespace()
         return int(args.run(_Context(args, environ, sys.stdout)))

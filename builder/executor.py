@@ -32,9 +32,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from builder import copysnap
 from builder.errors import BuildError
 from builder.plan import DEFAULT_HOSTNAME
 
@@ -138,6 +139,17 @@ def _mount_json(mount: MountPoint) -> dict[str, object]:
     else:
         out.update(mode=0o400 if mount.mode is None else mount.mode, uid=mount.uid, gid=mount.gid)
     return out
+
+
+def _copied_mount(mount: MountPoint, index: int, scratch: Path) -> MountPoint:
+    """With the copy snapshotter, a bind of several trees or with throwaway writes (an overlay otherwise) binds a
+    copy of their merged tree instead (a copy of the scratch directory's own: writes to it go nowhere)."""
+    if mount.kind != "bind" or not mount.lowers or (len(mount.lowers) == 1 and not mount.copy_on_write):
+        return mount
+    tree = scratch / "copies" / str(index)
+    tree.mkdir(parents=True)
+    copysnap.materialize([Path(p) for p in mount.lowers], tree)
+    return replace(mount, lowers=(os.fspath(tree),), copy_on_write=False)
 
 
 def _private_payload(spec: RunSpec) -> bytes | None:
@@ -499,6 +511,10 @@ def run_container(
     """
     for name in ("upper", "work", "merged", "files"):
         (scratch / name).mkdir(mode=0o755)
+    copied: copysnap.Copy | None = None
+    if copysnap.snapshotter(scratch.parent) == "copy":
+        copied = copysnap.materialize(lowers, scratch / "merged")
+        spec = replace(spec, mounts=tuple(_copied_mount(m, i, scratch) for i, m in enumerate(spec.mounts)))
     (scratch / "mounts").mkdir(mode=0o700)
     files = scratch / "files"
     error_file = scratch / "error"
@@ -508,6 +524,7 @@ def run_container(
         "upper": os.fspath(scratch / "upper"),
         "work": os.fspath(scratch / "work"),
         "merged": os.fspath(scratch / "merged"),
+        "copy": copied is not None,
         "files": {
             "hosts": _write(files / "hosts", _hosts(spec.hostname).encode()),
             "resolv.conf": _write(files / "resolv.conf", _resolv_conf()),
@@ -538,6 +555,7 @@ def run_container(
     spec_file = scratch / "spec.json"
     _write(spec_file, json.dumps(document).encode())
     sender: threading.Thread | None = None
+    done = False
     try:
         sandbox = _start(servers, spec_file, private_read if private is not None else None, interactive)
     except BaseException:
@@ -567,6 +585,7 @@ def run_container(
                     break
                 on_output(chunk)
             status = sandbox.wait()
+        done = True
     finally:
         if sandbox.running():
             sandbox.kill()
@@ -574,6 +593,8 @@ def run_container(
         sandbox.close()
         if sender is not None:
             sender.join()
+        if copied is not None and done:
+            copysnap.to_upper(scratch / "merged", lowers, copied, scratch / "upper")
         remove_stubs(scratch / "upper", _read_stubs(stubs_file))
     if status < 0:
         status = 128 - status

@@ -5,7 +5,8 @@ store root and contents by count (sizes are ``system df``'s, which walks every s
 features RUN relies on are there: overlayfs, namespaces, and the cgroup controllers behind ``--memory`` and
 ``--pids-limit``. It says how pybuild runs here: as root, or rootless with subordinate ids or with one id
 (``builder.userns``), with the id maps and, rootless, whether overlayfs mounts inside the user namespace (tried,
-on a scratch directory of the store). Reading it changes nothing in the store.
+on a scratch directory of the store), and which snapshotter RUN uses (``builder.copysnap``). Reading it changes
+nothing in the store.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder import __version__, cgroups, userns
+from builder import __version__, cgroups, copysnap, userns
 from builder.cache import INDEX_FILE, CacheIndex
 from builder.cachemounts import CacheMountStore
 from builder.errors import BuildError
@@ -125,27 +126,6 @@ def _has_filesystem(name: str) -> bool:
         return False
 
 
-def _overlay_in_user_namespace(store: Store) -> str:
-    """Rootless: mount an overlay on a scratch directory (this process has a mount namespace of its own)."""
-    from builder import linux
-
-    scratch = store.root / "tmp" / f"{os.getpid()}-info-overlay"
-    try:
-        for name in ("lower", "upper", "work", "merged"):
-            (scratch / name).mkdir(parents=True, exist_ok=True)
-        linux.mount_overlay(
-            str(scratch / "merged"), [str(scratch / "lower")], str(scratch / "upper"), str(scratch / "work")
-        )
-        linux.umount(str(scratch / "merged"))
-        return "yes"
-    except OSError as err:
-        return f"no: {err.strerror or err} (Linux 5.11 or later mounts overlayfs in a user namespace)"
-    finally:
-        from builder.snapshot import remove_dir
-
-        remove_dir(scratch)
-
-
 def _features(store: Store, mode: str) -> dict[str, str]:
     """Each capability a build may ask for: "yes", or the reason it is missing."""
     found: dict[str, str] = {}
@@ -158,15 +138,24 @@ def _features(store: Store, mode: str) -> dict[str, str]:
             found[name] = "yes"
         except BuildError as err:
             found[name] = f"no: {err.message}"
-    if mode == userns.ROOT:
-        found["RUN"] = "yes"
-        return found
     if mode == userns.UNPRIVILEGED:
         found["RUN"] = "no: " + userns.needs_namespace("RUN", otherwise="none was made")
         return found
-    overlay = _overlay_in_user_namespace(store)
-    found["overlay in a user namespace"] = overlay
-    found["RUN"] = "yes" if overlay == "yes" else "no: rootless RUN needs overlayfs in a user namespace"
+    found["RUN"] = "yes"
+    if mode != userns.ROOT:
+        failure = copysnap.overlay_failure(store.root / "tmp")
+        found["overlay in a user namespace"] = (
+            "yes" if failure is None else f"no: {failure} (Linux 5.11 or later mounts overlayfs in a user namespace)"
+        )
+    chosen = copysnap.snapshotter(store.root / "tmp")
+    if copysnap.chosen():
+        found["snapshots"] = f"{chosen} ({copysnap.ENV})"
+    elif chosen == "copy":
+        found["snapshots"] = (
+            "copy: overlayfs does not mount in this user namespace, so RUN works in a copy of its image"
+        )
+    else:
+        found["snapshots"] = chosen
     return found
 
 

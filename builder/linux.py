@@ -1,6 +1,6 @@
 """The Linux system calls the sandbox needs and Python 3.11 does not expose: unshare, mount, umount2,
-pivot_root, sethostname, capset and prctl (PR_SET_PDEATHSIG, the capability bounding and ambient sets), through
-ctypes, each raising OSError with errno on failure.
+pivot_root, sethostname, capset, prctl (PR_SET_PDEATHSIG, the capability bounding and ambient sets) and statx (a
+file's birth time), through ctypes, each raising OSError with errno on failure.
 
 The sandbox imports this module once per RUN step, so it imports nothing slow: libc is loaded by its soname
 (``ctypes.util.find_library`` would run ``ldconfig -p``), and the machine comes from ``os.uname``.
@@ -28,6 +28,7 @@ __all__ = [
     "MS_RDONLY",
     "MS_REC",
     "MS_REMOUNT",
+    "birth_time",
     "held_capabilities",
     "id_ranges",
     "in_host_user_namespace",
@@ -156,6 +157,27 @@ def is_mapped(id_: int, kind: str = "uid") -> bool:
 def in_host_user_namespace() -> bool:
     """Whether this process is in the host's user namespace (not rootless)."""
     return id_ranges() == ((0, 0, _FULL_RANGE),)
+
+
+_AT_FDCWD = -100
+_AT_SYMLINK_NOFOLLOW = 0x100
+_STATX_BTIME = 0x800
+_STATX_SIZE = 256  # struct statx
+_STATX_BTIME_AT = 80  # offsetof(struct statx, stx_btime): an i64 of seconds, then a u32 of nanoseconds
+
+
+def birth_time(path: str | bytes) -> int | None:
+    """When ``path`` itself (not a symlink's target) was created, in nanoseconds; None where the filesystem keeps
+    no birth time."""
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    flags = ctypes.c_int(_AT_SYMLINK_NOFOLLOW)
+    result = _libc.statx(ctypes.c_int(_AT_FDCWD), os.fsencode(path), flags, ctypes.c_uint(_STATX_BTIME), buf)
+    _check(result, "statx", os.fsdecode(path))
+    mask = int.from_bytes(buf.raw[0:4], "little")
+    if not mask & _STATX_BTIME:
+        return None
+    seconds = int.from_bytes(buf.raw[_STATX_BTIME_AT : _STATX_BTIME_AT + 8], "little", signed=True)
+    return seconds * 1_000_000_000 + int.from_bytes(buf.raw[_STATX_BTIME_AT + 8 : _STATX_BTIME_AT + 12], "little")
 
 
 def umount(target: str, flags: int = 0) -> None:

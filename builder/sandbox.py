@@ -200,7 +200,10 @@ def _prepare_root(spec: dict[str, Any]) -> None:
     try:
         # nodev: a device node in the image or made by the RUN cannot be opened (the host's own devices are
         # bound into /dev); setuid binaries keep working, as in Docker.
-        linux.mount_overlay(root, spec["lowers"], spec["upper"], spec["work"], linux.MS_NODEV)
+        if spec.get("copy"):
+            _bind_copy(root)
+        else:
+            linux.mount_overlay(root, spec["lowers"], spec["upper"], spec["work"], linux.MS_NODEV)
     except OSError as err:
         raise SetupError(err.strerror or str(err)) from None
     linux.mount("proc", os.path.join(root, "proc"), "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
@@ -220,6 +223,19 @@ def _prepare_root(spec: dict[str, Any]) -> None:
     linux.pivot_root(".", ".")
     linux.umount(".", linux.MNT_DETACH)
     os.chdir("/")
+
+
+def _bind_copy(root: str) -> None:
+    """The copy snapshotter's tree (``builder.copysnap``) as the root: bound onto itself, to be a mount point for
+    ``pivot_root``, and nodev as the overlay is."""
+    linux.mount(root, root, None, linux.MS_BIND)
+    try:
+        linux.mount(None, root, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_NODEV)
+    except OSError:
+        if linux.in_host_user_namespace():
+            raise
+        # A user namespace may not change the flags the host's mount has locked; and in one, no device node can be
+        # made to open.
 
 
 def _write_script(root: str, name: str, content: str) -> None:

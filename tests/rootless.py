@@ -74,11 +74,16 @@ def user(name: str) -> pwd.struct_passwd:
 
 
 def run_as(
-    who: pwd.struct_passwd, runtime: Runtime, store: Path, *args: str, epoch: str | None = EPOCH
+    who: pwd.struct_passwd,
+    runtime: Runtime,
+    store: Path,
+    *args: str,
+    epoch: str | None = EPOCH,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``pybuild ARGS`` as ``who``, with ``store`` as its PYBUILD_ROOT and its parent as HOME (and
-    SOURCE_DATE_EPOCH ``epoch``, unless None)."""
-    env = {
+    SOURCE_DATE_EPOCH ``epoch``, unless None), and ``env`` besides."""
+    environ = {
         "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
         "PYTHONPATH": runtime.path,
         "PYTHONDONTWRITEBYTECODE": "1",
@@ -87,9 +92,10 @@ def run_as(
         "CI": "",
     }
     if epoch is not None:
-        env["SOURCE_DATE_EPOCH"] = epoch
+        environ["SOURCE_DATE_EPOCH"] = epoch
+    environ.update(env or {})
     argv = ["setpriv", f"--reuid={who.pw_uid}", f"--regid={who.pw_gid}", "--init-groups", "--", runtime.python]
-    return subprocess.run([*argv, "-m", "builder", *args], capture_output=True, text=True, env=env, cwd="/")
+    return subprocess.run([*argv, "-m", "builder", *args], capture_output=True, text=True, env=environ, cwd="/")
 
 
 def home_for(who: pwd.struct_passwd, directory: Path) -> Path:

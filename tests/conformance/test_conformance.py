@@ -176,15 +176,40 @@ def test_case_rootless(
         assert ROOTLESS_LIMITS[case.name] in result.err, result
         assert f"{dockerfile}:" in result.err.strip().splitlines()[-1], result
         return
-    if not judge(case, expected, result, out, base):
-        return
-    if case.name not in ROOT_DIGESTS:  # this test alone: build as root too
-        shutil.copytree(base.store, store_root)
-        root_out = tmp_path / "root-image"
-        built = run_pybuild(*build_args(case, context, dockerfile, root_out), env={"SOURCE_DATE_EPOCH": EPOCH})
-        assert judge(case, expected, built, root_out, base)
-        ROOT_DIGESTS[case.name] = image_digest(root_out)
-    assert image_digest(out) == ROOT_DIGESTS[case.name], f"{case.name}: the rootless build made another image"
+    if judge(case, expected, result, out, base):
+        root = root_digest(case, expected, base, context, dockerfile, tmp_path, store_root)
+        assert image_digest(out) == root, f"{case.name}: the rootless build made another image"
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_case_copy_snapshots(case: Case, base: Base, store_root: Path, tmp_path: Path) -> None:
+    """The suite with the copy snapshotter (RUN in a plain copy of its image, compared afterwards; where a user
+    namespace cannot mount overlayfs): the same result, and the same image as over overlayfs."""
+    require_root()
+    expected = load_expected(case)
+    shutil.copytree(base.store, store_root)
+    context, dockerfile = case.prepare(tmp_path / "work")
+    out = tmp_path / "image"
+    env = {"SOURCE_DATE_EPOCH": EPOCH, "PYBUILD_SNAPSHOTTER": "copy"}
+    if judge(case, expected, run_pybuild(*build_args(case, context, dockerfile, out), env=env), out, base):
+        shutil.rmtree(store_root)
+        root = root_digest(case, expected, base, context, dockerfile, tmp_path, store_root)
+        assert image_digest(out) == root, f"{case.name}: the copy snapshotter made another image than overlayfs"
+
+
+def root_digest(
+    case: Case, expected: dict[str, Any], base: Base, context: Path, dockerfile: Path, tmp_path: Path, store: Path
+) -> str:
+    """The image ``test_case`` built for ``case`` in this session, or (this test alone) one built now, in the
+    empty store ``store``."""
+    if case.name not in ROOT_DIGESTS:
+        shutil.copytree(base.store, store)
+        out = tmp_path / "root-image"
+        built = run_pybuild(*build_args(case, context, dockerfile, out), env={"SOURCE_DATE_EPOCH": EPOCH})
+        assert judge(case, expected, built, out, base)
+        ROOT_DIGESTS[case.name] = image_digest(out)
+    return ROOT_DIGESTS[case.name]
 
 
 def build_args(case: Case, context: Path, dockerfile: Path, out: Path) -> list[str]:

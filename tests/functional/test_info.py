@@ -23,8 +23,13 @@ def test_info_describes_the_store_and_the_machine(tmp_path: Path, busybox: str, 
     assert found["store"]["cacheEntries"] == empty["store"]["cacheEntries"] + 1
     assert found["store"]["snapshots"] >= 2  # the base's layer and the RUN's
     assert found["host"]["root"] is True and found["host"]["cpus"] >= 1
-    assert set(found["features"]) == {"--memory", "--pids-limit", "RUN"}
+    assert set(found["features"]) == {"--memory", "--pids-limit", "RUN", "snapshots"}
     assert found["features"]["RUN"] == "yes"
+    assert found["features"]["snapshots"] == "overlay"
+    chosen = json.loads(run_pybuild("info", "--format", "json", env={"PYBUILD_SNAPSHOTTER": "copy"}).out)
+    assert chosen["features"]["snapshots"] == "copy (PYBUILD_SNAPSHOTTER)"
+    refused = run_pybuild("info", env={"PYBUILD_SNAPSHOTTER": "vfs"})
+    assert refused.code == 2 and "PYBUILD_SNAPSHOTTER='vfs': expected one of overlay, copy" in refused.err
 
     text = run_pybuild("info")
     assert text.code == 0

@@ -52,6 +52,25 @@ def test_a_build_with_subordinate_ids_gives_the_root_build_s_image(
     assert found["host"]["root"] is False
     assert found["features"]["overlay in a user namespace"] == "yes"
     assert found["features"]["RUN"] == "yes"
+    assert found["features"]["snapshots"] == "overlay"
+
+
+def test_the_copy_snapshotter_gives_the_same_image_rootless(
+    tmp_path: Path, busybox_tar: Path, rootless_runtime: Runtime
+) -> None:
+    """Where the kernel mounts no overlayfs in a user namespace, RUN works in a copy of its image (forced here with
+    PYBUILD_SNAPSHOTTER, as this kernel does mount one): the layers are the ones overlayfs gives."""
+    who = user(SUBIDS_USER)
+    context = write_context(tmp_path / "shared" / "ctx", DOCKERFILE, {"note.txt": "note\n"})
+    tarball = readable_copy(busybox_tar, tmp_path)
+    store = home_for(who, tmp_path)
+    copy = {"PYBUILD_SNAPSHOTTER": "copy"}
+    assert run_as(who, rootless_runtime, store, "import", "-q", str(tarball), "busybox").returncode == 0
+    built = run_as(who, rootless_runtime, store, "build", "-q", "-t", "app", str(context), env=copy)
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.strip() == _root_build(busybox_tar, context, tmp_path)
+    info = json.loads(run_as(who, rootless_runtime, store, "info", "--format", "json", env=copy).stdout)
+    assert info["features"]["snapshots"] == "copy (PYBUILD_SNAPSHOTTER)"
 
 
 def test_with_one_id_a_build_runs_until_a_step_needs_another_id(

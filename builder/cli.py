@@ -1841,7 +1841,9 @@ def _build_parser() -> _Parser:
         cmd_info,
         description="Show pybuild's version, the store's root and what it holds (by count: 'system df' has sizes), "
         "and whether this machine has what RUN relies on (root, overlayfs, the cgroup controllers behind --memory "
-        "and --pids-limit).",
+        "and --pids-limit). Run by an ordinary user, it shows the rootless mode (with subordinate ids or one id), "
+        "the id maps, and the snapshotter RUN uses: overlay, or copy where overlayfs does not mount in a user "
+        "namespace (PYBUILD_SNAPSHOTTER=overlay|copy chooses).",
     )
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
 

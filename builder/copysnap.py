@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import os
 import stat
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,13 +72,21 @@ def snapshotter(scratch: Path) -> str:
     return "overlay" if overlay_failure(scratch) is None else "copy"
 
 
-@functools.cache
 def overlay_failure(scratch: Path) -> str | None:
-    """Why overlayfs does not mount here (tried in ``scratch``, a directory of this process's own), or None."""
+    """Why overlayfs does not mount here (tried once per process, in ``scratch``, a private directory), or None."""
+    with _probing:  # stages run their steps in threads
+        return _overlay_failure(scratch)
+
+
+_probing = threading.Lock()
+
+
+@functools.cache
+def _overlay_failure(scratch: Path) -> str | None:
     base = scratch / f".overlay-probe-{os.getpid()}"
     try:
         for name in ("lower", "upper", "work", "merged"):
-            (base / name).mkdir(parents=True)
+            (base / name).mkdir(parents=True, exist_ok=True)
         try:
             linux.mount_overlay(
                 os.fspath(base / "merged"),

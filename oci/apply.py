@@ -492,10 +492,18 @@ class _Applier:
             return
         if not (0 <= entry.uid < 0xFFFFFFFF and 0 <= entry.gid < 0xFFFFFFFF):  # uid_t is 32 bits; -1 means "keep"
             raise InvalidArchive(f"{entry.path}: owner {entry.uid}:{entry.gid} does not fit in 32 bits")
-        if parent is None:
-            os.fchown(target, entry.uid, entry.gid)  # type: ignore[arg-type]
-        else:
-            os.chown(target, entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
+        try:
+            if parent is None:
+                os.fchown(target, entry.uid, entry.gid)  # type: ignore[arg-type]
+            else:
+                os.chown(target, entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
+        except OSError as err:
+            if err.errno != errno.EINVAL or _in_host_user_namespace():
+                raise
+            raise LayerError(
+                f"{entry.path}: owner {entry.uid}:{entry.gid} is not mapped in this user namespace "
+                "(rootless: the user's ranges in /etc/subuid and /etc/subgid do not reach it)"
+            ) from None
 
     def _set_xattrs(self, fd: int, entry: TarEntry) -> None:
         for key, value in entry.xattrs.items():

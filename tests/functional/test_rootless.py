@@ -128,3 +128,25 @@ def test_a_base_image_with_device_nodes_builds_rootless_and_keeps_them(
     assert built.stdout.strip() == as_root.out.strip()
     listing = run_as(who, rootless_runtime, store, "run", "--rm", "app", "ls", "-A", "/opt/dev")
     assert (listing.returncode, listing.stdout) == (0, ""), listing.stderr  # where root's RUN sees "null"
+
+
+def test_an_owner_beyond_the_user_s_ranges_is_named(
+    tmp_path: Path, busybox_tar: Path, rootless_runtime: Runtime
+) -> None:
+    """pybuild-rootless maps ids 0 to 65536: a base image's file owned by 70000 cannot be unpacked, and the error
+    says which owner and where the ranges are."""
+    who = user(SUBIDS_USER)
+    env = {"PYBUILD_ROOT": str(tmp_path / "root-store"), "SOURCE_DATE_EPOCH": EPOCH}
+    assert run_pybuild("import", "-q", str(busybox_tar), "busybox", env=env).code == 0
+    owned = write_context(tmp_path / "owned", "FROM busybox\nRUN touch /big && chown 70000:70001 /big\n")
+    base = tmp_path / "shared" / "base"
+    assert run_pybuild("build", "-q", "--output", f"type=oci,dest={base},tar=false", str(owned), env=env).code == 0
+    readable_copy(busybox_tar, tmp_path)  # opens up tmp_path/shared, and the base layout in it
+    context = write_context(tmp_path / "shared" / "ctx", "FROM base\nRUN true\n")
+    store = home_for(who, tmp_path)
+    argv = ["build", "-q", "--build-context", f"base=oci-layout://{base}", str(context)]
+    failed = run_as(who, rootless_runtime, store, *argv)
+    assert failed.returncode == 1
+    assert failed.stderr.startswith(f"pybuild: {context}/Dockerfile:2: layer sha256:"), failed.stderr
+    assert "big: owner 70000:70001 is not mapped in this user namespace" in failed.stderr
+    assert "/etc/subuid and /etc/subgid" in failed.stderr

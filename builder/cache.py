@@ -232,7 +232,8 @@ def _index_error(err: sqlite3.Error, directory: str) -> Exception:
 
 def _busy(err: BaseException) -> bool:
     cause = err.__cause__
-    return isinstance(cause, sqlite3.Error) and getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+    code = getattr(cause, "sqlite_errorcode", None) if isinstance(cause, sqlite3.Error) else None
+    return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY  # and its extended codes (BUSY_RECOVERY, ...)
 
 
 def _out_of_space(directory: str) -> bool:

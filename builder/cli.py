@@ -2263,10 +2263,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.command is None:
             parser.print_help(sys.stderr)
             return 2
-        if environ.get("PYBUILD_SNAPSHOTTER"):
+        if environ.get("PYBUILD_SNAPSHOTTER") or "builder.copysnap" in sys.modules:
             from builder import copysnap
 
-            copysnap.choose(environ["PYBUILD_SNAPSHOTTER"])
+            copysnap.choose(environ.get("PYBUILD_SNAPSHOTTER", ""))
         if os.geteuid() != 0:
             _enter_user_namespace()
         return int(args.run(_Context(args, environ, sys.stdout)))

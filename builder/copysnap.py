@@ -1,4 +1,5 @@
-"""Copy snapshots: RUN without overlayfs, for kernels that mount none in a user namespace (before Linux 5.11).
+"""Copy snapshots: RUN without overlayfs, for kernels that mount none in a user namespace (before Linux 5.11; a
+user namespace may make the 0/0 character devices that stand for deletions only from Linux 5.8 on).
 
 The ``copy`` snapshotter (BuildKit's ``native``, containers/storage's ``vfs``) gives a step a plain directory
 instead of an overlay: ``materialize`` copies the merged tree of its lower directories into ``scratch/merged``
@@ -9,7 +10,8 @@ exactly as over an overlay (the same differ, the same layer, the upper adopted a
 two snapshotters give identical layers.
 
 An entry is unchanged while it is the same inode with the same birth, change time, size, mode and owner as when
-copied (a step starts well after the copy, so a write always moves the change time). Directories are compared by
+copied (the copy waits until the clock has moved past the last change time it made, so a write always moves
+it, even on kernels whose file times are coarse). Directories are compared by
 identity (inode and birth time) and ownership only: a directory removed and made again is a new one, whose
 contents are all new, as overlayfs sees it. Hardlinks in the image are copied as separate files, so that writing
 through one name leaves the others as they were, as an overlay's copy-up does; a directory of the image moved
@@ -27,6 +29,7 @@ import functools
 import os
 import stat
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,9 +53,9 @@ _chosen = ""  # PYBUILD_SNAPSHOTTER, as the command line found it (``choose``)
 
 
 def choose(name: str) -> None:
-    """Use snapshotter ``name`` (``PYBUILD_SNAPSHOTTER``) for every RUN step of this process."""
+    """Use snapshotter ``name`` (``PYBUILD_SNAPSHOTTER``) for every RUN step of this process ("": choose)."""
     global _chosen
-    if name not in SNAPSHOTTERS:
+    if name and name not in SNAPSHOTTERS:
         raise UsageError(f"{ENV}={name!r}: expected one of {', '.join(SNAPSHOTTERS)}")
     _chosen = name
 
@@ -73,7 +76,8 @@ def snapshotter(scratch: Path) -> str:
 
 
 def overlay_failure(scratch: Path) -> str | None:
-    """Why overlayfs does not mount here (tried once per process, in ``scratch``, a private directory), or None."""
+    """Why overlayfs does not mount here (tried once per process and directory, in ``scratch``, a private one), or
+    None."""
     with _probing:  # stages run their steps in threads
         return _overlay_failure(scratch)
 
@@ -96,7 +100,10 @@ def _overlay_failure(scratch: Path) -> str | None:
             )
         except OSError as err:
             return err.strerror or str(err)
-        linux.umount(os.fspath(base / "merged"), linux.MNT_DETACH)
+        try:
+            linux.umount(os.fspath(base / "merged"), linux.MNT_DETACH)
+        except OSError as err:
+            return f"cannot unmount a test overlay: {err.strerror or err}"
         return None
     finally:
         remove_dir(base)
@@ -123,7 +130,24 @@ def materialize(lowers: Sequence[Path], target: Path) -> Copy:
     """Copy the merged tree of ``lowers`` (top first) into the empty directory ``target``."""
     copier = _Copier(RootView(lowers), os.fsencode(target))
     copier.directory("")
+    _after(max((made[2] for made in copier.copy.identities.values()), default=0), target.parent)
     return copier.copy
+
+
+def _after(moment: int, directory: Path) -> None:
+    """Return once a file changed now gets a change time later than ``moment`` (ns): file times are coarse (a
+    clock tick) on some kernels, and a write in the same tick as the copy would otherwise go unseen."""
+    probe = os.fsencode(directory / f".clock-{threading.get_ident()}")
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        for _ in range(1000):
+            os.fchmod(fd, 0o600)
+            if os.fstat(fd).st_ctime_ns > moment:
+                return
+            time.sleep(0.001)
+    finally:
+        os.close(fd)
+        os.unlink(probe)
 
 
 class _Copier:
@@ -259,6 +283,7 @@ class _Differ:
             self._make_parent(rel)
             moved = os.path.join(self.upper, os.fsencode(child))
             os.rename(path, moved)
+            _strip_overlay_xattrs(moved, st)
             if stat.S_ISDIR(st.st_mode):
                 if self.view.find(child) is not None:
                     os.setxattr(moved, opaque_xattr(), b"y", follow_symlinks=False)
@@ -307,6 +332,23 @@ class _Differ:
         _copy_xattrs(source, dest)
         os.chmod(dest, stat.S_IMODE(st.st_mode))
         os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _strip_overlay_xattrs(path: bytes, st: os.stat_result) -> None:
+    """overlayfs' own attributes, which a step may have set in the copy (overlayfs refuses to let it), so that the
+    upper says only what overlayfs would have said."""
+    paths = [path]
+    if stat.S_ISDIR(st.st_mode):
+        for directory, names, files in os.walk(path):
+            paths += [os.path.join(directory, name) for name in names + files]
+    for each in paths:
+        try:
+            names = os.listxattr(each, follow_symlinks=False)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(_OVERLAY_XATTRS):
+                os.removexattr(each, name, follow_symlinks=False)
 
 
 def _who(st: os.stat_result, path: bytes) -> tuple[int, int | None]:

@@ -12,6 +12,7 @@ import ctypes
 import errno
 import functools
 import os
+import sys
 
 __all__ = [
     "CLONE_NEWIPC",
@@ -168,16 +169,22 @@ _STATX_BTIME_AT = 80  # offsetof(struct statx, stx_btime): an i64 of seconds, th
 
 def birth_time(path: str | bytes) -> int | None:
     """When ``path`` itself (not a symlink's target) was created, in nanoseconds; None where the filesystem keeps
-    no birth time."""
+    no birth time, or the C library or the kernel has no statx (glibc before 2.28, Linux before 4.11)."""
+    statx = getattr(_libc, "statx", None)
+    if statx is None:
+        return None
     buf = ctypes.create_string_buffer(_STATX_SIZE)
     flags = ctypes.c_int(_AT_SYMLINK_NOFOLLOW)
-    result = _libc.statx(ctypes.c_int(_AT_FDCWD), os.fsencode(path), flags, ctypes.c_uint(_STATX_BTIME), buf)
-    _check(result, "statx", os.fsdecode(path))
-    mask = int.from_bytes(buf.raw[0:4], "little")
-    if not mask & _STATX_BTIME:
+    if statx(ctypes.c_int(_AT_FDCWD), os.fsencode(path), flags, ctypes.c_uint(_STATX_BTIME), buf) != 0:
+        code = ctypes.get_errno()
+        if code == errno.ENOSYS:
+            return None
+        raise OSError(code, f"statx: {os.strerror(code)}", os.fsdecode(path))
+    raw, order = buf.raw, sys.byteorder
+    if not int.from_bytes(raw[0:4], order) & _STATX_BTIME:
         return None
-    seconds = int.from_bytes(buf.raw[_STATX_BTIME_AT : _STATX_BTIME_AT + 8], "little", signed=True)
-    return seconds * 1_000_000_000 + int.from_bytes(buf.raw[_STATX_BTIME_AT + 8 : _STATX_BTIME_AT + 12], "little")
+    seconds = int.from_bytes(raw[_STATX_BTIME_AT : _STATX_BTIME_AT + 8], order, signed=True)
+    return seconds * 1_000_000_000 + int.from_bytes(raw[_STATX_BTIME_AT + 8 : _STATX_BTIME_AT + 12], order)
 
 
 def umount(target: str, flags: int = 0) -> None:

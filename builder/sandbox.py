@@ -229,13 +229,21 @@ def _bind_copy(root: str) -> None:
     """The copy snapshotter's tree (``builder.copysnap``) as the root: bound onto itself, to be a mount point for
     ``pivot_root``, and nodev as the overlay is."""
     linux.mount(root, root, None, linux.MS_BIND)
+    # A user namespace may not drop the flags the host's mount has, so they are repeated (statvfs and mount share
+    # the values but for relatime).
+    found = os.statvfs(root).f_flag
+    kept = (found & _KEPT_FLAGS) | (_MS_RELATIME if found & _ST_RELATIME else 0)
     try:
-        linux.mount(None, root, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_NODEV)
+        linux.mount(None, root, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_NODEV | kept)
     except OSError:
         if linux.in_host_user_namespace():
             raise
-        # A user namespace may not change the flags the host's mount has locked; and in one, no device node can be
-        # made to open.
+        # Still refused: in a user namespace no device node can be made to open anyway.
+
+
+_KEPT_FLAGS = linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NOEXEC | 1024 | 2048  # and MS_NOATIME, MS_NODIRATIME
+_ST_RELATIME = 4096
+_MS_RELATIME = 1 << 21
 
 
 def _write_script(root: str, name: str, content: str) -> None:

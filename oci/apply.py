@@ -586,9 +586,11 @@ class _Applier:
             try:
                 os.mknod(name, kind | 0o600, os.makedev(entry.devmajor, entry.devminor), dir_fd=parent)
             except PermissionError:
-                if self._overlay and not _in_host_user_namespace():
-                    return  # a rootless snapshot (see apply_layer)
-                raise LayerError(f"{entry.path}: creating a device node needs root") from None
+                if not self._overlay or _in_host_user_namespace():
+                    raise LayerError(f"{entry.path}: creating a device node needs root") from None
+                # A rootless snapshot (see apply_layer). Not a whiteout in its place: overlayfs lists a whiteout
+                # that hides nothing below, and RUN would see a name it cannot open.
+                return
         self._chown(name, entry, parent)
         os.chmod(name, entry.mode, dir_fd=parent)
         ns = entry.mtime * 1_000_000_000

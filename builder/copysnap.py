@@ -230,11 +230,7 @@ def _copy_file(source: bytes, dest: bytes) -> None:
 
 def _copy_xattrs(source: bytes, dest: bytes) -> None:
     """The extended attributes a layer can hold (``security.capability``, ``user.*``), never overlayfs' own."""
-    try:
-        names = os.listxattr(source, follow_symlinks=False)
-    except OSError:
-        return
-    for name in names:
+    for name in _xattr_names(source):
         if name.startswith(_OVERLAY_XATTRS):
             continue
         try:
@@ -278,16 +274,14 @@ class _Differ:
                     below = True
                 changed = changed or below
                 continue
-            if was is not None and was == identity(st, path):
+            if _same(was, st, path):
                 continue
             self._make_parent(rel)
             moved = os.path.join(self.upper, os.fsencode(child))
             os.rename(path, moved)
-            _strip_overlay_xattrs(moved, st)
-            if stat.S_ISDIR(st.st_mode):
-                if self.view.find(child) is not None:
-                    os.setxattr(moved, opaque_xattr(), b"y", follow_symlinks=False)
-                self._relink(moved)
+            self._settle(moved, st)
+            if stat.S_ISDIR(st.st_mode) and self.view.find(child) is not None:
+                os.setxattr(moved, opaque_xattr(), b"y", follow_symlinks=False)
             changed = True
         present = {os.fsdecode(name) for name in names}
         for name in self.view.listdir(rel):
@@ -301,18 +295,24 @@ class _Differ:
             self._finish(rel)
         return changed
 
-    def _relink(self, tree: bytes) -> None:
-        """A directory the step moved holds files of the image that were hardlinks there, untouched: link them
-        again, as overlayfs' ``mv`` (a copy, preserving links, for a directory of the image) leaves them."""
-        if not self.copy.links:
-            return
+    def _settle(self, moved: bytes, st: os.stat_result) -> None:
+        """What the step moved into the upper (``moved``, ``st`` its status), in one walk: without overlayfs' own
+        attributes, which a step may set in the copy (overlayfs refuses to let it); and, where it holds files of
+        the image that were hardlinks there, untouched, with them linked again, as overlayfs' ``mv`` (a copy,
+        preserving links, for a directory of the image) leaves them."""
+        paths = [moved]
+        if stat.S_ISDIR(st.st_mode):
+            for directory, names, files in os.walk(moved):
+                paths += [os.path.join(directory, name) for name in names + files]
         groups: dict[tuple[int, int], list[bytes]] = {}
-        for directory, _, files in os.walk(tree):
-            for name in files:
-                path = os.path.join(directory, name)
-                st = os.lstat(path)
-                origin = self.copy.linked.get(_who(st, path)) if stat.S_ISREG(st.st_mode) else None
-                if origin is not None and self.identities[origin] == identity(st, path):
+        for path in paths:
+            for name in _xattr_names(path):
+                if name.startswith(_OVERLAY_XATTRS):
+                    os.removexattr(path, name, follow_symlinks=False)
+            if self.copy.links and path != moved:
+                found = os.lstat(path)
+                origin = self.copy.linked.get(_who(found, path)) if stat.S_ISREG(found.st_mode) else None
+                if origin is not None and _same(self.identities[origin], found, path):
                     groups.setdefault(self.copy.links[origin], []).append(path)
         for first, *others in groups.values():
             for other in others:
@@ -334,21 +334,19 @@ class _Differ:
         os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def _strip_overlay_xattrs(path: bytes, st: os.stat_result) -> None:
-    """overlayfs' own attributes, which a step may have set in the copy (overlayfs refuses to let it), so that the
-    upper says only what overlayfs would have said."""
-    paths = [path]
-    if stat.S_ISDIR(st.st_mode):
-        for directory, names, files in os.walk(path):
-            paths += [os.path.join(directory, name) for name in names + files]
-    for each in paths:
-        try:
-            names = os.listxattr(each, follow_symlinks=False)
-        except OSError:
-            continue
-        for name in names:
-            if name.startswith(_OVERLAY_XATTRS):
-                os.removexattr(each, name, follow_symlinks=False)
+def _xattr_names(path: bytes) -> list[str]:
+    try:
+        return os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return []
+
+
+def _same(was: Identity | None, st: os.stat_result, path: bytes) -> bool:
+    """Whether ``path`` (``st``) is still the entry that was ``was``: the birth time, a system call of its own,
+    only asked when the rest agrees."""
+    if was is None or (was[0], *was[2:]) != (st.st_ino, st.st_ctime_ns, st.st_size, st.st_mode, st.st_uid, st.st_gid):
+        return False
+    return was[1] == linux.birth_time(path)
 
 
 def _who(st: os.stat_result, path: bytes) -> tuple[int, int | None]:

@@ -193,7 +193,6 @@ def test_case_copy_snapshots(case: Case, base: Base, store_root: Path, tmp_path:
     out = tmp_path / "image"
     env = {"SOURCE_DATE_EPOCH": EPOCH, "PYBUILD_SNAPSHOTTER": "copy"}
     if judge(case, expected, run_pybuild(*build_args(case, context, dockerfile, out), env=env), out, base):
-        shutil.rmtree(store_root)
         root = root_digest(case, expected, base, context, dockerfile, tmp_path, store_root)
         assert image_digest(out) == root, f"{case.name}: the copy snapshotter made another image than overlayfs"
 
@@ -201,9 +200,10 @@ def test_case_copy_snapshots(case: Case, base: Base, store_root: Path, tmp_path:
 def root_digest(
     case: Case, expected: dict[str, Any], base: Base, context: Path, dockerfile: Path, tmp_path: Path, store: Path
 ) -> str:
-    """The image ``test_case`` built for ``case`` in this session, or (this test alone) one built now, in the
-    empty store ``store``."""
+    """The image ``test_case`` built for ``case`` in this session, or (this test alone) one built now, in a new
+    store at ``store``."""
     if case.name not in ROOT_DIGESTS:
+        shutil.rmtree(store, ignore_errors=True)
         shutil.copytree(base.store, store)
         out = tmp_path / "root-image"
         built = run_pybuild(*build_args(case, context, dockerfile, out), env={"SOURCE_DATE_EPOCH": EPOCH})

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from builder import layerview
     from builder.cache import CacheIndex
     from builder.cacheshare import CacheSpec
+    from builder.compressed import Precompressor
     from builder.export import OutputSpec
     from builder.frontend.dockerfile import DockerfileAST
     from builder.plan import BuildPlan, PlanOptions
@@ -563,6 +564,7 @@ def cmd_build(ctx: _Context) -> int:
         ssh=agents,
         allow=allow,
         run_limits=cgroups.Limits(args.memory, args.pids_limit),
+        precompressor=_precompressor(ctx, outputs, compression),
     )
     result: BuildResult | None = None
     try:
@@ -571,6 +573,8 @@ def cmd_build(ctx: _Context) -> int:
         for ref in names:
             ctx.store.layout.tag(str(ref), image.descriptor)
             progress.status(f"naming to {ref}")
+        if options.precompressor is not None:
+            options.precompressor.wait(progress.status)
         for spec in outputs:
             export_image(
                 spec,
@@ -585,6 +589,8 @@ def cmd_build(ctx: _Context) -> int:
             )
         progress.status(f"image {image.id}")
     finally:
+        if options.precompressor is not None:
+            options.precompressor.close()
         if result is not None:
             result.release()
         progress.done()
@@ -595,6 +601,19 @@ def cmd_build(ctx: _Context) -> int:
     if args.quiet and not any(spec.to_stdout for spec in outputs):
         print(str(image.id), file=ctx.out)
     return 0
+
+
+def _precompressor(ctx: _Context, outputs: list[OutputSpec], compression: Compression) -> Precompressor | None:
+    """What compresses the image's layers while the build runs, when an output will carry them compressed."""
+    from oci.compression import Compression
+
+    kinds = {spec.compression or compression for spec in outputs if spec.type in ("oci", "docker") or spec.push}
+    kinds.discard(Compression.NONE)
+    if not kinds:
+        return None
+    from builder.compressed import Precompressor
+
+    return Precompressor(ctx.store, sorted(kinds, key=lambda kind: kind.value))
 
 
 def _write_iidfile(path: Path, text: str) -> None:

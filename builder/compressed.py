@@ -23,7 +23,11 @@ processes compressing the same layer at once write the same blob and the same me
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import collections
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -36,7 +40,7 @@ from oci.digest import Digest
 from oci.errors import BlobNotFound, InvalidDigest, InvalidDocument, UnsupportedMediaType
 from oci.store import atomic_file
 
-__all__ = ["MEMO_DIR", "CompressedLayers"]
+__all__ = ["MEMO_DIR", "CompressedLayers", "Precompressor", "Stopped"]
 
 #: The directory under the store root that holds the memos.
 MEMO_DIR = "compressed"
@@ -48,10 +52,17 @@ _CHUNK = 1 << 20
 class CompressedLayers:
     """Compressed copies of the store's layers, made once and remembered (see the module docstring)."""
 
-    def __init__(self, store: Store, *, on_status: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        on_status: Callable[[str], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
         self._store = store
         self._blobs = store.layout.store
         self._on_status = on_status
+        self._stop = stop  # set: the compression under way is abandoned (Stopped), its blob unwritten
         self._known: dict[tuple[Digest, Compression], tuple[Digest, int]] = {}
 
     def get(self, layer: Descriptor, kind: Compression) -> Descriptor:
@@ -88,9 +99,15 @@ class CompressedLayers:
                 )
             with self._blobs.writer() as writer:
                 encoder = compressor(kind, writer)  # type: ignore[arg-type]  # the writer is a byte sink
-                while chunk := plain.read(_CHUNK):
-                    encoder.write(chunk)
-                encoder.finish()
+                try:
+                    while chunk := plain.read(_CHUNK):
+                        if self._stop is not None and self._stop.is_set():
+                            raise Stopped(f"compressing layer {layer.digest.short} stopped")
+                        encoder.write(chunk)
+                    encoder.finish()
+                except BaseException:
+                    encoder.abandon()
+                    raise
                 _drain(blob)  # the source is verified against its digest only once all of it has been read
                 return writer.commit(), writer.size
 
@@ -130,6 +147,95 @@ class CompressedLayers:
         # The temporary file is in the content store's ingest directory, so its sweep removes a dead writer's.
         with atomic_file(target, ingest) as f:
             f.write(data)
+
+
+class Stopped(Exception):
+    """A background compression was told to stop (the build ended or failed first)."""
+
+
+class Precompressor:
+    """Layers compressed in the background while the build goes on, for the outputs that will need them.
+
+    A build with an output that carries compressed layers (``type=oci``, ``type=docker``, ``--push``) queues each
+    layer of its image as soon as it is known: the target stage's base layers when the stage starts, and each
+    layer a step adds (built or cached) right after. One worker thread compresses them, in order, through
+    ``CompressedLayers``, whose memos the export then finds, so a RUN or COPY that follows overlaps the
+    compression of the layers before it instead of waiting for all of them at the end. The worker and its gzip
+    threads run at the lowest priority (nice 19), so they use the CPU time the build leaves and never slow a step.
+
+    Nothing here is reported: a layer the worker could not compress (a layer fetched only later, a full disk) is
+    compressed again by the export, which says what went wrong. ``close`` stops the worker at its next MiB; an
+    unfinished blob is dropped as any interrupted write is.
+    """
+
+    def __init__(self, store: Store, kinds: Iterable[Compression]) -> None:
+        self._store = store
+        self._kinds = tuple(dict.fromkeys(k for k in kinds if k is not Compression.NONE))
+        self._queue: collections.deque[Descriptor] = collections.deque()
+        self._seen: set[Digest] = set()
+        self._current: Descriptor | None = None
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def kinds(self) -> tuple[Compression, ...]:
+        return self._kinds
+
+    def add(self, layers: Iterable[Descriptor]) -> None:
+        """Queue ``layers`` (each once) to be compressed as every kind asked for."""
+        if not self._kinds or self._stop.is_set():
+            return
+        with self._changed:
+            for layer in layers:
+                if layer.digest not in self._seen and mt.layer_compression(layer.media_type) is not None:
+                    self._seen.add(layer.digest)
+                    self._queue.append(layer)
+            if self._queue and self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="precompress", daemon=True)
+                self._thread.start()
+            self._changed.notify_all()
+
+    def wait(self, on_status: Callable[[str], None] | None = None) -> None:
+        """Return once every queued layer is compressed (or given up on)."""
+        shown: Digest | None = None
+        with self._changed:
+            while self._queue or self._current is not None:
+                current = self._current
+                if on_status is not None and current is not None and current.digest != shown:
+                    shown = current.digest
+                    on_status(f"compressing layer {current.digest.short}")
+                self._changed.wait()
+
+    def close(self) -> None:
+        """Stop the worker (what it was compressing is dropped) and wait for it to end."""
+        self._stop.set()
+        with self._changed:
+            self._queue.clear()
+            self._changed.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _work(self) -> None:
+        with contextlib.suppress(OSError):  # threads this one starts (gzip's) inherit its priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        while True:
+            with self._changed:
+                while not self._queue and not self._stop.is_set():
+                    self._changed.wait()
+                if self._stop.is_set():
+                    return
+                layer = self._current = self._queue.popleft()
+                layers = CompressedLayers(self._store, stop=self._stop)
+            try:
+                for kind in self._kinds:
+                    layers.get(layer, kind)
+            except Exception:  # noqa: BLE001  # only a head start: the export redoes this layer and reports
+                pass
+            finally:
+                with self._changed:
+                    self._current = None
+                    self._changed.notify_all()
 
 
 def _drain(stream: BinaryIO) -> None:

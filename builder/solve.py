@@ -79,6 +79,7 @@ if TYPE_CHECKING:
 
     from builder.cachemounts import CacheMountStore
     from builder.cacheshare import CacheSpec, ImportedCache
+    from builder.compressed import Precompressor
     from builder.executor import SandboxServers
     from builder.fetch import Downloaded
     from builder.frontend.gitref import GitRef
@@ -109,6 +110,8 @@ class BuildOptions:
     ssh: FrozenMap[str, str] = field(default_factory=FrozenMap)  # --ssh: agent sockets by id
     allow: frozenset[str] = frozenset()  # --allow: entitlements (security.insecure, network.host)
     run_limits: cgroups.Limits = cgroups.Limits()  # --memory, --pids-limit: every RUN's (not in any cache key)
+    # The outputs need compressed layers: the image's layers are handed to it as soon as they are known.
+    precompressor: Precompressor | None = None
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,8 @@ class _Solver:
         self._lock = threading.RLock()
         self._local = threading.local()
         self.cancelled = threading.Event()
+        # The stages whose layers are the image's: the target and the stages it is built FROM.
+        self.image_stages = _image_stages(plan)
 
     @property
     def _held(self) -> contextlib.ExitStack:
@@ -696,6 +701,7 @@ class _Solver:
             origin.finish()
         else:
             base = self.base(stage)
+        self.precompress(stage, base.rootfs.layers)
         rootfs, state, about = base.rootfs, base.state, dict(base.about)
         history = list(base.config.history)
         clock = base.config.created or self.created
@@ -756,6 +762,8 @@ class _Solver:
                         remove_dir(path)
                 changed = len(new.layers) > len(rootfs.layers)
                 rootfs = new
+                if changed:
+                    self.precompress(stage, rootfs.layers[-1:])
                 layer = rootfs.diff_ids[-1] if changed else None
                 state = cachekey.linked_parent(key, layer, state) if _linked(step) else cachekey.step_parent(key, layer)
                 self.stage_keys.setdefault(stage.index, []).append(key)
@@ -766,6 +774,11 @@ class _Solver:
                 )
         config = replace(stage.config, diff_ids=rootfs.diff_ids, history=tuple(history), created=clock)
         return StageResult(rootfs, config, state)
+
+    def precompress(self, stage: PlannedStage, layers: tuple[Descriptor, ...]) -> None:
+        """Hand the image's layers to the outputs' compression as soon as they are known (``Precompressor``)."""
+        if self.options.precompressor is not None and stage.index in self.image_stages:
+            self.options.precompressor.add(layers)
 
     def execute(self, stage: PlannedStage, step: Step, rootfs: Rootfs, inputs: _Inputs, out: StepProgress) -> Rootfs:
         instruction = step.instruction
@@ -1034,7 +1047,7 @@ class _Solver:
                 image = store_image(self.store.layout, result.config, layers)
                 self.cache.lease_image(self.build_id, image.descriptor)
             for spec in self.options.cache_to:
-                self.export_cache(spec, target)
+                self.export_cache(spec)
         except BaseException:
             self.release()
             raise
@@ -1079,20 +1092,12 @@ class _Solver:
                     raise real[0] from None
                 raise
 
-    def export_cache(self, spec: CacheSpec, target: PlannedStage) -> None:
+    def export_cache(self, spec: CacheSpec) -> None:
         """``--cache-to``: ``mode=min`` exports the entries of the image's own layers (the target stage and the
         stages it is built FROM), ``mode=max`` every entry this build used or made, as BuildKit's modes do."""
         from builder.cacheshare import write_cache
 
-        stages = [stage.index for stage in self.plan.stages]
-        if spec.mode == "min":
-            stages, index = [], target.index
-            while True:
-                stages.append(index)
-                base = self.plan.stage(index).base
-                if base.kind != "stage":
-                    break
-                index = base.stage
+        stages = [stage.index for stage in self.plan.stages] if spec.mode == "max" else list(self.image_stages)
         try:
             entries = []
             for index in stages:
@@ -1120,6 +1125,17 @@ class _Solver:
                     self.cache.save_stats(root, rows)
             self.cache.finish_build(build, [r.to_json() for r in self.report])
             self.cache.close()
+
+
+def _image_stages(plan: BuildPlan) -> tuple[int, ...]:
+    """The stages whose layers make the image: the target, the stage it is built FROM, and so on down."""
+    stages, index = [], plan.target
+    while True:
+        stages.append(index)
+        base = plan.stage(index).base
+        if base.kind != "stage":
+            return tuple(stages)
+        index = base.stage
 
 
 def io_message(err: OSError, root: Path) -> str:

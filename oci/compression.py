@@ -67,6 +67,9 @@ class Compressor(Protocol):
     def finish(self) -> None:
         """Flush everything to the underlying stream (which stays open)."""
 
+    def abandon(self) -> None:
+        """Stop without finishing (the output is incomplete): threads are let go, nothing more is written."""
+
 
 class _Passthrough:
     def __init__(self, out: BinaryIO) -> None:
@@ -77,6 +80,9 @@ class _Passthrough:
         return len(data)
 
     def finish(self) -> None:
+        pass
+
+    def abandon(self) -> None:
         pass
 
 
@@ -133,9 +139,13 @@ class _GzipWriter:
             self._pending = bytearray()
             self._out.write(struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF))
         finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=True)
-                self._pool = None
+            self.abandon()
+
+    def abandon(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._inflight.clear()
 
 
 _BLOCK = 1 << 20
@@ -177,6 +187,9 @@ class _ZstdWriter:
 
     def finish(self) -> None:
         self._out.write(self._z.flush())
+
+    def abandon(self) -> None:
+        pass
 
 
 #: gzip's level when none is given: podman's and buildah's default (containers.conf ``compression_level``). On

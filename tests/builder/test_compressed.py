@@ -5,18 +5,19 @@ from __future__ import annotations
 import io
 import json
 import random
+import threading
 
 import pytest
 from tartools import compress
 
 import builder.compressed
-from builder.compressed import CompressedLayers
+from builder.compressed import CompressedLayers, Precompressor
 from builder.root import Store, open_store
 from oci import mediatypes as mt
 from oci.compression import Compression, decompress_stream
 from oci.descriptor import Descriptor
 from oci.digest import Digest
-from oci.errors import DigestMismatch, InvalidDocument, UnsupportedMediaType
+from oci.errors import BlobNotFound, DigestMismatch, InvalidDocument, UnsupportedMediaType
 from oci.layer import LayerItem, write_layer
 from oci.tarformat import EntryType, TarEntry
 
@@ -206,3 +207,109 @@ def test_status_says_what_is_compressed(store: Store) -> None:
     CompressedLayers(store, on_status=said.append).get(layer, Compression.ZSTD)
     CompressedLayers(store, on_status=said.append).get(layer, Compression.ZSTD)
     assert said == [f"compressing layer {layer.digest.short} (zstd)"]
+
+
+# --- compressed in the background while a build runs
+
+
+def test_the_precompressor_leaves_the_export_nothing_to_compress(
+    store: Store, count_compressions: list[Compression]
+) -> None:
+    layers = [_put(store, _tar(seed)) for seed in (1, 2)]
+    config = Descriptor(mt.OCI_CONFIG, store.layout.store.put_bytes(b"{}"), 2)  # not a layer: skipped
+    early = Precompressor(store, [Compression.GZIP, Compression.NONE, Compression.ZSTD, Compression.GZIP])
+    assert early.kinds == (Compression.GZIP, Compression.ZSTD)  # uncompressed needs nothing; each kind once
+    try:
+        early.add([layers[0], config])
+        early.add([layers[1], layers[0]])  # each layer once
+        early.wait()
+    finally:
+        early.close()
+    assert sorted(count_compressions, key=lambda k: k.value) == [Compression.GZIP] * 2 + [Compression.ZSTD] * 2
+    for layer in layers:
+        for kind in (Compression.GZIP, Compression.ZSTD):
+            got = CompressedLayers(open_store(store.root)).get(layer, kind)  # the export, a new object
+            assert got.digest == Digest.of_bytes(compress(kind, _plain(store, layer)))
+    assert len(count_compressions) == 4  # the export found every one made
+
+
+def test_a_layer_the_precompressor_cannot_compress_is_left_to_the_export(store: Store) -> None:
+    missing = Descriptor(mt.OCI_LAYER, Digest.of_bytes(b"not stored"), 10)  # e.g. a cache hit fetched later
+    early = Precompressor(store, [Compression.GZIP])
+    try:
+        early.add([missing])
+        early.wait()  # returns: the failure is not its to report
+    finally:
+        early.close()
+    assert not CompressedLayers(store).memo_path(missing.digest, Compression.GZIP).exists()
+    with pytest.raises(BlobNotFound):  # the export says what is wrong
+        CompressedLayers(store).get(missing, Compression.GZIP)
+
+
+def test_nothing_is_started_when_no_output_needs_compression(store: Store) -> None:
+    early = Precompressor(store, [Compression.NONE])
+    early.add([_put(store, _tar())])
+    early.wait()
+    early.close()
+    assert not (store.root / "compressed").exists()
+
+
+def test_closing_stops_the_compression_under_way_and_leaves_nothing(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layer = _put(store, _tar(size=3 << 20))  # three chunks of reading: the stop is seen between them
+    started, release = threading.Event(), threading.Event()
+    real = builder.compressed.compressor
+
+    class Held:
+        def __init__(self, kind: Compression, out: object, level: int | None = None) -> None:
+            self.inner = real(kind, out, level)  # type: ignore[arg-type]
+
+        def write(self, data: bytes) -> int:
+            started.set()
+            release.wait()
+            return self.inner.write(data)
+
+        def finish(self) -> None:
+            self.inner.finish()
+
+        def abandon(self) -> None:
+            self.inner.abandon()
+
+    monkeypatch.setattr(builder.compressed, "compressor", Held)
+    blobs = set(store.layout.store)
+    early = Precompressor(store, [Compression.GZIP])
+    early.add([layer])
+    assert started.wait(10)
+    closing = threading.Thread(target=early.close)
+    closing.start()
+    release.set()
+    closing.join(10)
+    assert not closing.is_alive()
+    assert set(store.layout.store) == blobs
+    assert not CompressedLayers(store).memo_path(layer.digest, Compression.GZIP).exists()
+    assert not [p for p in (store.root / "ingest").iterdir() if p.name.endswith(".part")]
+
+
+def test_waiting_says_which_layer_is_still_being_compressed(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = _put(store, _tar())
+    entered, release = threading.Event(), threading.Event()
+    real = CompressedLayers.get
+
+    def slow(self: CompressedLayers, desc: Descriptor, kind: Compression) -> Descriptor:
+        entered.set()
+        release.wait()
+        return real(self, desc, kind)
+
+    monkeypatch.setattr(CompressedLayers, "get", slow)
+    said: list[str] = []
+    early = Precompressor(store, [Compression.GZIP])
+    try:
+        early.add([layer])
+        assert entered.wait(10)
+        threading.Timer(0.2, release.set).start()
+        early.wait(said.append)
+    finally:
+        early.close()
+    assert said == [f"compressing layer {layer.digest.short}"]
+    assert CompressedLayers(store).memo_path(layer.digest, Compression.GZIP).exists()

@@ -285,6 +285,41 @@ def test_outputs_are_accepted_by_umoci_and_skopeo(tmp_path: Path, busybox: str) 
     assert "app/run.txt" in names and "bin/vi" not in names and not any("/.wh." in n for n in names)
 
 
+def _layout_layers(layout: Path) -> list[str]:
+    index = json.loads((layout / "index.json").read_text())
+    digest = index["manifests"][0]["digest"].split(":")[1]
+    manifest = json.loads((layout / "blobs" / "sha256" / digest).read_text())
+    return [layer["digest"] for layer in manifest["layers"]]
+
+
+def test_an_output_s_layers_are_compressed_while_the_build_runs(tmp_path: Path, busybox: str) -> None:
+    ctx = context(
+        tmp_path,
+        "FROM busybox AS tool\nRUN echo tool > /tool\n"
+        "FROM busybox\nCOPY greeting.txt /g\nRUN sleep 2 && cat /g > /h\nCOPY --from=tool /tool /tool\n",
+        {"greeting.txt": "hi\n"},
+    )
+    first, again = tmp_path / "first", tmp_path / "again"
+    result = build("-t", "early", "--output", f"type=oci,dest={first},tar=false", str(ctx))
+    assert result.code == 0, result
+    layers = _layout_layers(first)
+    assert len(layers) == 4  # busybox, COPY, RUN, COPY --from
+    memos = {}
+    for path in (Path(os.environ["PYBUILD_ROOT"]) / "compressed" / "gzip" / "sha256").iterdir():
+        memos[json.loads(path.read_text())["digest"]] = path.stat().st_mtime
+    # Only the image's layers were compressed (not the tool stage's RUN), and the COPY's while the RUN after it
+    # was still sleeping, not at the end.
+    assert sorted(memos) == sorted(layers)
+    assert memos[layers[2]] - memos[layers[1]] > 1.0
+    # The same layout as an export that compresses everything itself (no memo left to find).
+    shutil.rmtree(Path(os.environ["PYBUILD_ROOT"]) / "compressed")
+    assert build("-t", "early", "--output", f"type=oci,dest={again},tar=false", str(ctx)).code == 0
+    assert (first / "index.json").read_bytes() == (again / "index.json").read_bytes()
+    assert sorted(p.name for p in (first / "blobs" / "sha256").iterdir()) == sorted(
+        p.name for p in (again / "blobs" / "sha256").iterdir()
+    )
+
+
 def test_compression_choices(tmp_path: Path, busybox: str) -> None:
     ctx = context(tmp_path, "FROM busybox\nRUN echo x > /x\n")
     for kind, media in (("zstd", "tar+zstd"), ("uncompressed", "tar")):

@@ -137,9 +137,11 @@ class ContextTree:
         return os.fsdecode(os.readlink(self.real_path(rel)))
 
     def listdir(self, rel: str) -> list[str]:
-        names = sorted(os.listdir(self.real_path(rel)))
+        names = map(os.fsdecode, sorted(os.listdir(self.real_path(rel))))  # in the order of the names' bytes
+        if self.rules is None:
+            return list(names)
         prefix = f"{rel}/" if rel else ""
-        return [name for name in map(os.fsdecode, names) if self._visible(prefix + name)]
+        return [name for name in names if self._visible(prefix + name)]
 
     def open(self, rel: str) -> BinaryIO:
         fd = os.open(self.real_path(rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

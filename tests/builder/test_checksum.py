@@ -109,3 +109,20 @@ def test_rows_of_files_that_are_gone_are_dropped_when_the_cache_is_rewritten(tmp
     _sum(tree, "c", stats=next_time)
     kept = next_time.merged() or {}
     assert {os.path.basename(p) for p in kept} == {b"a", b"c"}
+
+
+def test_files_the_stat_cache_knows_get_the_same_lines_as_files_it_reads(tmp_path: Path) -> None:
+    tree = _tree(tmp_path, {"d/a.js": "1", "d/sub/b.js": "22", "d/sub/deep/c": "333", "d/x": "4", "d/y": "5"})
+    os.chmod(tmp_path / "d/x", 0o4755)
+    os.chmod(tmp_path / "d/y", 0o600)
+    os.link(tmp_path / "d/a.js", tmp_path / "d/sub/a-link.js")
+    os.symlink("a.js", tmp_path / "d/to-a")
+    (tmp_path / "d/empty").mkdir()
+    read = checksum_source(tree, "d")
+    later = time.time_ns() + 10 * RACY_NS
+    first = StatCache(started_ns=later)
+    checksum_source(tree, "d", stats=first)
+    warm = StatCache(rows=first.merged() or {}, started_ns=later)
+    known = checksum_source(tree, "d", stats=warm)
+    assert warm.hashed == 0
+    assert known.lines == read.lines and known.matches == read.matches

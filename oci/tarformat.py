@@ -123,27 +123,42 @@ def _header_block(
     devmajor: int = 0,
     devminor: int = 0,
 ) -> bytes:
-    block = _USTAR.pack(
-        name,
+    fields = (
         b"%07o\0" % mode,
         b"%07o\0" % uid,
         b"%07o\0" % gid,
         b"%011o\0" % size,
         b"%011o\0" % mtime,
-        b"        ",
-        typeflag,
-        linkname,
-        b"ustar\x0000",
-        uname,
-        gname,
         b"%07o\0" % devmajor,
         b"%07o\0" % devminor,
     )
-    return b"%s%06o\0 %s" % (block[:148], sum(block), block[156:])
+    block = _USTAR.pack(name, *fields[:5], b"        ", typeflag, linkname, b"ustar\x0000", uname, gname, *fields[5:])
+    # The checksum is the sum of the header's bytes with its own field as spaces. The padding is NULs, so summing
+    # the fields themselves (tens of bytes, not 512) gives it.
+    checksum = _FIXED_SUM + sum(b"".join((name, *fields, typeflag, linkname, uname, gname)))
+    return b"%s%06o\0 %s" % (block[:148], checksum, block[156:])
+
+
+_FIXED_SUM = sum(b"        ustar\x0000")  # the checksum field as spaces, and the magic and version
+
+# The header of an empty regular file owned by root, mode 0644, mtime 0 (how layers write whiteouts and opaque
+# markers), but for its name: what follows the name up to the checksum, the checksum without the name's bytes,
+# and what follows the checksum.
+_MARKER = _header_block(b"", 0o644, 0, 0, 0, 0, EntryType.FILE.value)
+_MARKER_HEAD, _MARKER_SUM, _MARKER_TAIL = _MARKER[100:148], int(_MARKER[148:154], 8), _MARKER[156:]
 
 
 def encode_header(entry: TarEntry) -> bytes:
     """The header block(s) for ``entry``: a PAX header first if any field needs one."""
+    if (
+        entry.type is EntryType.FILE
+        and entry.mode == 0o644
+        and not (entry.size or entry.mtime or entry.uid or entry.gid or entry.linkname or entry.xattrs)
+        and not (entry.uname or entry.gname or entry.devmajor or entry.devminor)
+    ):
+        name = encode_name(entry.path)
+        if _ascii_field(name, 100):  # a whiteout or an opaque marker, of which a mass deletion writes thousands
+            return b"%s%s%06o\0 %s" % (name.ljust(100, b"\0"), _MARKER_HEAD, _MARKER_SUM + sum(name), _MARKER_TAIL)
     path = entry.path + "/" if entry.type is EntryType.DIR and not entry.path.endswith("/") else entry.path
     name = encode_name(path)
     link = encode_name(entry.linkname)

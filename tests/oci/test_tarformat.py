@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import subprocess
 import tarfile
 
@@ -13,7 +14,17 @@ from tartools import Member, archive, directory, file, hardlink, pax_member, pax
 
 from oci.errors import InvalidArchive, LayerError, OCIError
 from oci.frozen import FrozenMap
-from oci.tarformat import BLOCK, EntryType, TarEntry, TarReader, TarWriter, decode_name, encode_header, encode_name
+from oci.tarformat import (
+    BLOCK,
+    EntryType,
+    TarEntry,
+    TarReader,
+    TarWriter,
+    _header_block,
+    decode_name,
+    encode_header,
+    encode_name,
+)
 
 MTIME = 1_700_000_000
 
@@ -802,3 +813,40 @@ def test_invalid_archive_is_a_layer_error_and_oci_error() -> None:
         _read(archive(file("a", bad_checksum=True)))
     with pytest.raises(OCIError):
         _read(archive(file("a", bad_checksum=True)))
+
+
+def test_header_checksums_are_the_sum_of_the_header_bytes() -> None:
+    rng = random.Random(7)
+    for _ in range(2000):
+        name = "/".join(rng.choice(["a", "bb", "ccc", "é", "x" * 40]) for _ in range(rng.randint(1, 6)))
+        entry = TarEntry(
+            name,
+            rng.choice(list(EntryType)),
+            mode=rng.randrange(0o10000),
+            uid=rng.randrange(1 << 22),
+            gid=rng.randrange(1 << 22),
+            size=rng.randrange(1 << 34),
+            mtime=rng.randrange(1 << 33),
+            linkname=rng.choice(["", "target", "t" * 99]),
+            devmajor=rng.randrange(300),
+            devminor=rng.randrange(300),
+            uname=rng.choice(["", "root", "app"]),
+            gname=rng.choice(["", "root", "staff"]),
+        )
+        header = encode_header(entry)
+        for block in (header[i : i + BLOCK] for i in range(0, len(header), BLOCK)):
+            if block[257:263] != b"ustar\0":
+                continue  # PAX data blocks
+            stored = int(block[148:154], 8)
+            assert stored == sum(block[:148]) + 32 * 8 + sum(block[156:]), entry
+
+
+@pytest.mark.parametrize("name", ["a/.wh.b", ".wh..wh..opq", "d/" + "x" * 98, "d/" + "x" * 99, "é/.wh.ü", "x"])
+def test_a_whiteout_s_header_is_the_general_header_of_its_entry(name: str) -> None:
+    entry = TarEntry(name, EntryType.FILE)  # mode 0644, root's, empty, mtime 0: a whiteout or an opaque marker
+    raw = encode_name(name)
+    if len(raw) <= 100 and raw.isascii():
+        assert encode_header(entry) == _header_block(raw, 0o644, 0, 0, 0, 0, b"0")
+    with tarfile.open(fileobj=io.BytesIO(encode_header(entry) + b"\0" * 2 * BLOCK)) as tar:
+        (member,) = tar.getmembers()
+    assert (member.name, member.mode, member.size, member.mtime, member.uid) == (name, 0o644, 0, 0, 0)

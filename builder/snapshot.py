@@ -203,6 +203,10 @@ class RootView:
 
     def listdir(self, rel: str) -> list[str]:
         """The names in directory ``rel``, merged across the layers, sorted by their bytes."""
+        return [os.fsdecode(name) for name in sorted(self.names(rel))]
+
+    def names(self, rel: str) -> set[bytes]:
+        """The names in directory ``rel``, merged across the layers (unordered)."""
         parts = os.fsencode(rel).split(b"/") if rel else []
         names: dict[bytes, bool] = {}  # name -> visible (False: a whiteout hides it below)
         for lower in self.lowers:
@@ -228,7 +232,7 @@ class RootView:
                     )
             if opaque_above or _opaque(path):
                 break
-        return sorted((os.fsdecode(n) for n, visible in names.items() if visible), key=os.fsencode)
+        return {name for name, visible in names.items() if visible}
 
 
 def _opaque(path: bytes) -> bool:
@@ -301,24 +305,27 @@ def upper_items(upper: Path, lower: RootView, *, clamp_mtime: int | None = None)
     """
     top = os.fsdecode(upper)
     seen_inodes: dict[tuple[int, int], str] = {}
-    below: dict[str, set[str]] = {}  # directory -> the names the lower layers show in it (for whiteouts)
+    below: dict[str, set[bytes]] = {}  # directory -> the names the lower layers show in it (for whiteouts)
 
     def shown_below(parent: str, name: str) -> bool:
         # A directory of many deletions (rm -rf of a tree) lists the lowers once rather than probing each path.
         if parent not in below:
             try:
-                below[parent] = set(lower.listdir(parent)) if lower.find(parent) is not None or not parent else set()
+                below[parent] = lower.names(parent) if lower.find(parent) is not None or not parent else set()
             except (FileNotFoundError, NotADirectoryError):
                 below[parent] = set()
-        return name in below[parent]
+        return os.fsencode(name) in below[parent]
 
     stack = [_Frame("", _children(top), None)]
+    pending = False  # some frame on the stack holds a directory not written yet (a cheap test per change)
 
     def parents() -> Iterator[LayerItem]:
+        nonlocal pending
         for frame in stack:
             if frame.pending is not None:
                 yield LayerItem(frame.pending)
                 frame.pending = None
+        pending = False
 
     while stack:
         frame = stack[-1]
@@ -327,11 +334,12 @@ def upper_items(upper: Path, lower: RootView, *, clamp_mtime: int | None = None)
             continue
         name = frame.children.pop()
         rel = f"{frame.rel}/{name}" if frame.rel else name
-        full = os.path.join(top, rel)
+        full = f"{top}/{rel}"
         st = os.lstat(full)
         if _is_whiteout(st):
             if shown_below(frame.rel, name):
-                yield from parents()
+                if pending:
+                    yield from parents()
                 yield LayerItem(whiteout(rel, mtime=0))
             continue
         if name.startswith(WHITEOUT_PREFIX):
@@ -349,6 +357,7 @@ def upper_items(upper: Path, lower: RootView, *, clamp_mtime: int | None = None)
                 stack.append(_Frame(rel, _children(full), None))
             else:
                 stack.append(_Frame(rel, _children(full), entry))
+                pending = True
             continue
         # A file with another name in the upper was linked in this step (index=off: all its names are here), so
         # it is kept even if unchanged, for its links to have a target in the layer.
@@ -360,4 +369,4 @@ def upper_items(upper: Path, lower: RootView, *, clamp_mtime: int | None = None)
 
 def _children(directory: str) -> list[str]:
     # Reversed, so that pop() takes them in ascending byte order.
-    return sorted(os.listdir(directory), key=os.fsencode, reverse=True)
+    return [os.fsdecode(name) for name in sorted(os.listdir(os.fsencode(directory)), reverse=True)]

@@ -59,14 +59,16 @@ class StatCache:
             return
         self.updates[path] = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest)
 
-    def merged(self) -> dict[bytes, StatRow] | None:
-        """The rows to keep after this build, or None when nothing was learnt: what was learnt, over what was
-        known and still exists (a path not looked at this time may still be there)."""
+    def changes(self) -> dict[bytes, StatRow | None] | None:
+        """What to keep after this build, or None when nothing was learnt: what was learnt, and None for each
+        known path that is gone (a path not looked at this time may still be there)."""
         if not self.updates:
             return None
-        rows = {p: r for p, r in self.rows.items() if p in self.seen or os.path.lexists(p)}
-        rows.update(self.updates)
-        return rows
+        gone: dict[bytes, StatRow | None] = {
+            p: None for p in self.rows if p not in self.seen and not os.path.lexists(p)
+        }
+        gone.update(self.updates)
+        return gone
 
 
 @dataclass(frozen=True)

@@ -1120,9 +1120,9 @@ class _Solver:
         if self.build_id:
             build, self.build_id = self.build_id, ""
             for root, stats in self.stats.items():
-                rows = stats.merged()
-                if rows is not None:
-                    self.cache.save_stats(root, rows)
+                changes = stats.changes()
+                if changes is not None:
+                    self.cache.save_stats(root, changes, len(stats.rows))
             self.cache.finish_build(build, [r.to_json() for r in self.report])
             self.cache.close()
 

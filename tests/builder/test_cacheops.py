@@ -525,3 +525,26 @@ def test_last_build_ties_each_unexplained_miss_to_the_miss_it_followed(index: Ca
     assert data["steps"] == report
     assert set(data) == {"dockerfile", "finished", "steps"}
     assert data["finished"].endswith("Z") and len(data["finished"]) == len("2024-01-01T00:00:00Z")
+
+
+def test_a_stat_cache_keeps_a_few_changes_as_a_delta_and_folds_it_in_when_it_grows(index: CacheIndex) -> None:
+    def row(n: int) -> tuple[int, int, int, int, str]:
+        return (n, n, n, n, f"{n:064x}")
+
+    rows = {b"/ctx/%d" % n: row(n) for n in range(100)}
+    index.save_stats(b"/ctx", rows)  # type: ignore[arg-type]  # a first walk: the rows, whole
+
+    def keys() -> list[bytes]:
+        return sorted(r[0] for r in index._db.execute("SELECT root FROM stats"))
+
+    assert keys() == [b"/ctx"]
+    index.save_stats(b"/ctx", {b"/ctx/1": row(1000), b"/ctx/2": None, b"/ctx/new": row(7)}, known=100)
+    assert keys() == [b"/ctx", b"/ctx\0delta"]  # only the changes were written
+    expected = {**rows, b"/ctx/1": row(1000), b"/ctx/new": row(7)}
+    del expected[b"/ctx/2"]
+    assert index.load_stats(b"/ctx") == expected
+    index.save_stats(b"/ctx", {b"/ctx/%d" % n: row(n + 1) for n in range(10, 40)}, known=len(expected))
+    assert keys() == [b"/ctx"]  # 33 changes of 100 rows: folded in
+    expected.update({b"/ctx/%d" % n: row(n + 1) for n in range(10, 40)})
+    assert index.load_stats(b"/ctx") == expected
+    assert index.load_stats(b"/other") == {}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.checksum import RACY_NS, StatCache, checksum_source
+from builder.checksum import RACY_NS, StatCache, StatRow, checksum_source
 from builder.context import parse_ignore
 from builder.copy import ContextTree, CopyError
 
@@ -18,6 +18,17 @@ def _tree(root: Path, files: dict[str, str], ignore: str = "") -> ContextTree:
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(text)
     return ContextTree(root, parse_ignore(ignore.encode()) if ignore else None)
+
+
+def _kept(stats: StatCache) -> dict[bytes, StatRow]:
+    """The rows a build keeps after ``stats``'s walk: what it knew, with what it learnt applied."""
+    rows = dict(stats.rows)
+    for path, row in (stats.changes() or {}).items():
+        if row is None:
+            rows.pop(path, None)
+        else:
+            rows[path] = row
+    return rows
 
 
 def _sum(tree: ContextTree, path: str, **kwargs) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
@@ -82,10 +93,10 @@ def test_the_stat_cache_spares_reading_unchanged_files_and_notices_changes(tmp_p
     stats = StatCache(started_ns=later)
     first = _sum(tree, "d", stats=stats)
     assert stats.hashed == 3 and len(stats.updates) == 3  # d, d/a, d/b
-    warm = StatCache(rows=stats.merged() or {}, started_ns=later)
-    assert _sum(tree, "d", stats=warm) == first and warm.hashed == 0 and warm.merged() is None
+    warm = StatCache(rows=_kept(stats), started_ns=later)
+    assert _sum(tree, "d", stats=warm) == first and warm.hashed == 0 and warm.changes() is None
     (tmp_path / "d/a").write_text("9")  # same size, new content: the stat differs (mtime, ctime)
-    again = StatCache(rows=stats.merged() or {}, started_ns=later)
+    again = StatCache(rows=_kept(stats), started_ns=later)
     assert _sum(tree, "d", stats=again) != first and again.hashed >= 1
 
 
@@ -102,12 +113,13 @@ def test_rows_of_files_that_are_gone_are_dropped_when_the_cache_is_rewritten(tmp
     stats = StatCache(started_ns=later)
     _sum(tree, "a", stats=stats)
     _sum(tree, "b", stats=stats)
-    rows = stats.merged() or {}
+    rows = _kept(stats)
     (tmp_path / "b").unlink()
     (tmp_path / "c").write_text("3")
     next_time = StatCache(rows=rows, started_ns=later)
     _sum(tree, "c", stats=next_time)
-    kept = next_time.merged() or {}
+    assert next_time.changes() == {os.fsencode(tmp_path / "b"): None, **next_time.updates}
+    kept = _kept(next_time)
     assert {os.path.basename(p) for p in kept} == {b"a", b"c"}
 
 
@@ -122,7 +134,7 @@ def test_files_the_stat_cache_knows_get_the_same_lines_as_files_it_reads(tmp_pat
     later = time.time_ns() + 10 * RACY_NS
     first = StatCache(started_ns=later)
     checksum_source(tree, "d", stats=first)
-    warm = StatCache(rows=first.merged() or {}, started_ns=later)
+    warm = StatCache(rows=_kept(first), started_ns=later)
     known = checksum_source(tree, "d", stats=warm)
     assert warm.hashed == 0
     assert known.lines == read.lines and known.matches == read.matches

@@ -517,13 +517,14 @@ def cmd_build(ctx: _Context) -> int:
         raise UsageError(str(err)) from None
     outputs: list[OutputSpec] = []
     if args.output or args.push:  # only a build that exports needs the exporters (and docker archives, and tar)
-        from builder.export import check_destination, export_image, parse_output
+        from builder.export import check_compression, check_destination, export_image, parse_output
 
         outputs = [parse_output(text) for text in args.output]
         if args.push:
             outputs.append(parse_output("type=registry"))
         for spec in outputs:
             check_destination(spec, store=ctx.store)
+            check_compression(spec, compression)
     if sum(spec.to_stdout for spec in outputs) > 1:
         raise UsageError("only one --output can write to standard output")
     names = _parse_refs(request.tags)

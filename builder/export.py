@@ -96,6 +96,7 @@ __all__ = [
     "CREATED",
     "Exported",
     "OutputSpec",
+    "check_compression",
     "check_destination",
     "export_image",
     "exported_as_stored",
@@ -122,7 +123,7 @@ _KEYS = {
 }
 #: Attributes BuildKit knows that pybuild does not implement, with the reason it gives.
 _REFUSED = {
-    "compression-level": "layers are compressed once at a fixed level (gzip 5, zstd 3) and reused",
+    "compression-level": "layers are compressed once at a fixed level (gzip 4, zstd 3) and reused",
     "rewrite-timestamp": "layer timestamps are not rewritten yet (SOURCE_DATE_EPOCH already clamps new files)",
     "oci-artifact": "attestations are not made",
     "attest": "attestations are not made",
@@ -293,6 +294,16 @@ def check_destination(spec: OutputSpec, *, store: Store | None = None) -> None:
         raise UsageError(f"cannot write {spec.dest}: its directory does not exist")
 
 
+def check_compression(spec: OutputSpec, compression: Compression) -> None:
+    """Refuse an output that cannot carry its layers compressed so (``compression`` is ``--compression``), before
+    anything is built."""
+    if spec.type == "docker" and (spec.compression or compression) is Compression.ZSTD:
+        raise UsageError(
+            "type=docker cannot carry zstd layers (docker load reads plain and gzip ones)",
+            hint="use --compression gzip or uncompressed, or type=oci",
+        )
+
+
 # ---------------------------------------------------------------------------------------------------- exporting
 
 
@@ -342,11 +353,7 @@ def export_image(
         with _output(spec, stdout) as out:
             write_oci_archive([(exported, refs)], store, epoch, out, say)
     elif spec.type == "docker":
-        if kind is Compression.ZSTD:
-            raise UsageError(
-                "type=docker cannot carry zstd layers (docker load reads plain and gzip ones)",
-                hint="use --compression gzip or uncompressed, or type=oci",
-            )
+        check_compression(spec, kind)
         exported = prepare_export(image, store, kind, spec.annotations, say)
         view = exported_view(exported, store)
         say("writing docker archive")

@@ -331,6 +331,10 @@ def test_compression_choices(tmp_path: Path, busybox: str) -> None:
         assert {m["mediaType"] for m in manifest["layers"]} == {f"application/vnd.oci.image.layer.v1.{media}"}
     result = build("--compression", "lz4", str(ctx))
     assert result.code == 2 and "unknown compression" in last_error(result)
+    # An output that cannot carry what --compression asks is refused before anything is built.
+    result = build("--compression", "zstd", "--output", f"type=docker,dest={tmp_path / 'd.tar'}", str(ctx))
+    assert result.code == 2 and "type=docker cannot carry zstd layers" in last_error(result)
+    assert "RUN echo x" not in result.err
 
 
 def test_builds_are_reproducible_with_source_date_epoch(tmp_path: Path, busybox: str) -> None:

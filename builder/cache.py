@@ -531,8 +531,12 @@ class CacheIndex:
         """The stat cache of the tree at ``root`` (absolute path -> row); empty when unknown or unreadable.
 
         A tree's rows are stored whole, with the changes learnt since beside them as a delta (``save_stats``)."""
-        rows = _stat_rows(self._db, root)
-        _apply_changes(rows, _stat_rows(self._db, root + _STATS_DELTA))
+        self._db.execute("BEGIN")  # one snapshot of both: a build folding its delta in between would hide it
+        try:
+            rows = _stat_rows(self._db, root)
+            _apply_changes(rows, _stat_rows(self._db, root + _STATS_DELTA))
+        finally:
+            self._db.execute("COMMIT")
         return rows  # type: ignore[return-value]  # the delta's removals are applied
 
     def forget_stats(self) -> None:

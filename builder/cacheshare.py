@@ -145,7 +145,7 @@ _ALWAYS_TRUE = {
 _NO_OPS = {CACHE_TO: {"force-compression"}, CACHE_FROM: set()}
 #: BuildKit attributes pybuild does not implement, with the reason it gives.
 _REFUSED = {
-    CACHE_TO: {"compression-level": "layers are compressed once at a fixed level (gzip 5, zstd 3) and reused"},
+    CACHE_TO: {"compression-level": "layers are compressed once at a fixed level (gzip 4, zstd 3) and reused"},
     CACHE_FROM: {"digest": "a cache is chosen by tag= (type=local) or by ref= (type=registry, which takes @DIGEST)"},
 }
 _TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)

@@ -44,7 +44,7 @@ __all__ = ["MEMO_DIR", "CompressedLayers", "Precompressor", "Stopped"]
 
 #: The directory under the store root that holds the memos.
 MEMO_DIR = "compressed"
-_MEMO_VERSION = 1
+_MEMO_VERSION = 2  # 2: gzip at level 4 (a memo of another version names a copy compressed otherwise)
 _MAX_MEMO = 4096
 _CHUNK = 1 << 20
 
@@ -157,15 +157,17 @@ class Precompressor:
     """Layers compressed in the background while the build goes on, for the outputs that will need them.
 
     A build with an output that carries compressed layers (``type=oci``, ``type=docker``, ``--push``) queues each
-    layer of its image as soon as it is known: the target stage's base layers when the stage starts, and each
-    layer a step adds (built or cached) right after. One worker thread compresses them, in order, through
-    ``CompressedLayers``, whose memos the export then finds, so a RUN or COPY that follows overlaps the
-    compression of the layers before it instead of waiting for all of them at the end. The worker and its gzip
+    layer of its image as soon as it is known: the base layers of each stage the image is made of when the stage
+    starts, and each layer a step adds (built or cached) right after. One worker thread compresses them, in
+    order, through ``CompressedLayers``, whose memos the export then finds, so a RUN or COPY that follows overlaps
+    the compression of the layers before it instead of waiting for all of them at the end. The worker and its gzip
     threads run at the lowest priority (nice 19), so they use the CPU time the build leaves and never slow a step.
 
     Nothing here is reported: a layer the worker could not compress (a layer fetched only later, a full disk) is
-    compressed again by the export, which says what went wrong. ``close`` stops the worker at its next MiB; an
-    unfinished blob is dropped as any interrupted write is.
+    compressed again by the export, which says what went wrong. Once the build is over, ``wait`` lets the worker
+    finish only the layer under way and leaves the rest to the export, at normal priority (on a busy machine,
+    nice 19 could starve it). ``close`` stops the worker at its next MiB; an unfinished blob is dropped as any
+    interrupted write is.
     """
 
     def __init__(self, store: Store, kinds: Iterable[Compression]) -> None:
@@ -192,20 +194,21 @@ class Precompressor:
                     self._seen.add(layer.digest)
                     self._queue.append(layer)
             if self._queue and self._thread is None:
-                self._thread = threading.Thread(target=self._work, name="precompress", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._work, name="precompress", daemon=True)
+                thread.start()
+                self._thread = thread
             self._changed.notify_all()
 
     def wait(self, on_status: Callable[[str], None] | None = None) -> None:
-        """Return once every queued layer is compressed (or given up on)."""
-        shown: Digest | None = None
+        """Return once the layer under way is compressed (or given up on); what is still queued is dropped, for
+        the export to compress at normal priority."""
         with self._changed:
-            while self._queue or self._current is not None:
-                current = self._current
-                if on_status is not None and current is not None and current.digest != shown:
-                    shown = current.digest
-                    on_status(f"compressing layer {current.digest.short}")
-                self._changed.wait()
+            self._queue.clear()
+            current = self._current
+            if current is not None and on_status is not None:
+                on_status(f"compressing layer {current.digest.short}")
+            while self._current is not None and self._thread is not None and self._thread.is_alive():
+                self._changed.wait(1.0)
 
     def close(self) -> None:
         """Stop the worker (what it was compressing is dropped) and wait for it to end."""
@@ -219,6 +222,7 @@ class Precompressor:
     def _work(self) -> None:
         with contextlib.suppress(OSError):  # threads this one starts (gzip's) inherit its priority
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        layers = CompressedLayers(self._store, stop=self._stop)
         while True:
             with self._changed:
                 while not self._queue and not self._stop.is_set():
@@ -226,7 +230,6 @@ class Precompressor:
                 if self._stop.is_set():
                     return
                 layer = self._current = self._queue.popleft()
-                layers = CompressedLayers(self._store, stop=self._stop)
             try:
                 for kind in self._kinds:
                     layers.get(layer, kind)

@@ -6,6 +6,8 @@ import io
 import json
 import random
 import threading
+import time
+from collections.abc import Callable
 
 import pytest
 from tartools import compress
@@ -100,7 +102,7 @@ def test_the_memo_is_written_atomically_and_names_the_source(store: Store) -> No
         "digest": str(got.digest),
         "size": got.size,
         "source": str(layer.digest),
-        "version": 1,
+        "version": 2,
     }
     assert not [p for p in (store.root / "ingest").iterdir() if p.name.endswith(".part")]
 
@@ -132,7 +134,7 @@ def test_a_pruned_blob_is_compressed_again(store: Store, count_compressions: lis
     [
         b"",
         b"not json",
-        b'{"digest": "sha256:00", "size": 1, "source": "x", "version": 1}',
+        b'{"digest": "sha256:00", "size": 1, "source": "x", "version": 2}',
         b"[]",
         b'{"version": 2}',
     ],
@@ -154,7 +156,7 @@ def test_a_memo_whose_blob_has_another_size_is_ignored(store: Store, count_compr
     first = CompressedLayers(store).get(layer, Compression.GZIP)
     path = CompressedLayers(store).memo_path(layer.digest, Compression.GZIP)
     path.write_text(
-        json.dumps({"digest": str(first.digest), "size": first.size + 1, "source": str(layer.digest), "version": 1})
+        json.dumps({"digest": str(first.digest), "size": first.size + 1, "source": str(layer.digest), "version": 2})
     )
     assert CompressedLayers(store).get(layer, Compression.GZIP) == first
     assert count_compressions == [Compression.GZIP, Compression.GZIP]
@@ -212,6 +214,13 @@ def test_status_says_what_is_compressed(store: Store) -> None:
 # --- compressed in the background while a build runs
 
 
+def _until(done: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 20
+    while not done():
+        assert time.monotonic() < deadline, "the background compression did not get there"
+        time.sleep(0.01)
+
+
 def test_the_precompressor_leaves_the_export_nothing_to_compress(
     store: Store, count_compressions: list[Compression]
 ) -> None:
@@ -222,6 +231,7 @@ def test_the_precompressor_leaves_the_export_nothing_to_compress(
     try:
         early.add([layers[0], config])
         early.add([layers[1], layers[0]])  # each layer once
+        _until(lambda: len(count_compressions) == 4)  # the build goes on meanwhile
         early.wait()
     finally:
         early.close()
@@ -313,3 +323,28 @@ def test_waiting_says_which_layer_is_still_being_compressed(store: Store, monkey
         early.close()
     assert said == [f"compressing layer {layer.digest.short}"]
     assert CompressedLayers(store).memo_path(layer.digest, Compression.GZIP).exists()
+
+
+def test_once_the_build_is_over_what_is_still_queued_is_left_to_the_export(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = _put(store, _tar(1)), _put(store, _tar(2))
+    entered = threading.Event()
+    real = CompressedLayers.get
+
+    def slow(self: CompressedLayers, desc: Descriptor, kind: Compression) -> Descriptor:
+        entered.set()
+        time.sleep(0.3)
+        return real(self, desc, kind)
+
+    monkeypatch.setattr(CompressedLayers, "get", slow)
+    early = Precompressor(store, [Compression.GZIP])
+    try:
+        early.add([first, second])
+        assert entered.wait(10)
+        early.wait()  # the first is under way: it is finished; the second is dropped
+    finally:
+        early.close()
+    memo = CompressedLayers(store).memo_path
+    assert memo(first.digest, Compression.GZIP).exists()
+    assert not memo(second.digest, Compression.GZIP).exists()

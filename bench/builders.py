@@ -173,9 +173,6 @@ class Pybuild(Builder):
         self.tags.add(tag)
         return self._build(tag, context)
 
-    def export(self, tag: str, dest: Path) -> Sample:
-        raise BenchError("pybuild writes its layout in the build itself (build_layout)")
-
     def build_layout(self, context: Path, tag: str, dest: Path) -> Sample:
         self.tags.add(tag)
         return self._build(tag, context, "-o", f"type=oci,dest={dest},tar=false")

@@ -199,11 +199,7 @@ class _Walker:
     def _walk_context(self, tree: ContextTree, src: str, rel: str, real: bytes, label: str) -> None:
         """``walk`` for a build context, the case that must be fast: the same entries, fewer calls per entry. A
         regular file with one link whose stat the cache knows unchanged gets ``entry``'s line here, without it."""
-        stats, lines = self.stats, self.lines
-        known = stats is not None and self.epoch is None and not tree.keeps_owners
-        rows = stats.rows if stats is not None else {}
-        updates = stats.updates if stats is not None else {}
-        seen = stats.seen if stats is not None else set()
+        stats = self.stats if self.epoch is None and not tree.keeps_owners else None
         for name in tree.listdir(src):
             child = f"{src}/{name}" if src else name
             child_real = real + b"/" + name.encode("utf-8", "surrogateescape")
@@ -213,11 +209,10 @@ class _Walker:
                 continue  # removed while we read (the copier skips it too)
             child_rel = f"{rel}/{name}" if rel else name
             mode = st.st_mode
-            if known and mode & 0o170000 == stat.S_IFREG and st.st_nlink == 1:
-                row = updates.get(child_real) or rows.get(child_real)
-                if row is not None and row[:4] == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns):
-                    seen.add(child_real)
-                    lines.append(f"{child_rel}\0{row[4]}\0file\0{mode & 0o7777:o}\x000\x000\n")
+            if stats is not None and mode & 0o170000 == stat.S_IFREG and st.st_nlink == 1:
+                digest = stats.lookup(child_real, st)
+                if digest is not None:
+                    self.lines.append(f"{child_rel}\0{digest}\0file\0{mode & 0o7777:o}\x000\x000\n")
                     continue
             self.entry(child_rel, child, st, child_real, label)
             if stat.S_ISDIR(mode):
